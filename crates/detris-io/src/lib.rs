@@ -1,0 +1,24 @@
+//! detris-io: everything detris reads and writes that does not need libtorch,
+//! so that it builds, tests and fuzzes fast.
+//!
+//! files → readers (this crate) → plain tensors → model (the `detris` crate).
+
+pub mod error;
+pub mod tensor;
+
+// Checkpoints: allow-listed unpickler, .pth zip / legacy containers,
+// TorchScript archives, safetensors.
+pub mod pickle;
+pub mod torch_file;
+pub mod safetensors_file;
+
+// Text and images.
+pub mod tokenizer;
+pub mod image;
+
+// Datasets and metrics.
+pub mod data;
+pub mod metrics;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, RawTensor, TensorMap};

@@ -1,0 +1,1 @@
+//! detris: DETRIS referring image segmentation on libtorch (tch).
