@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod tensor;
+pub mod fixtures;
 
 // Checkpoints: allow-listed unpickler, .pth zip / legacy containers,
 // TorchScript archives, safetensors.
