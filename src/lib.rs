@@ -1,1 +1,11 @@
 //! detris: DETRIS referring image segmentation on libtorch (tch).
+//!
+//! files → `detris_io` readers → [`weights`] → [`model`] → logits →
+//! `detris_io::image` post-processing → masks.
+
+pub mod config;
+pub mod model;
+pub mod weights;
+
+pub use config::DetrisConfig;
+pub use model::Detris;

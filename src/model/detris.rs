@@ -1,0 +1,108 @@
+//! The whole DETRIS model (spec §1): text first, then vision with the word
+//! features, neck, decoder, projector. The module tree is the checkpoint key
+//! schema: `txt_backbone.`, `dinov2.`, `neck.`, `decoder.`, `proj.`.
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::clip_text::ClipText;
+use super::decoder::Decoder;
+use super::dinov2::DinoV2;
+use super::layers::Ctx;
+use super::neck::Neck;
+use super::projector::Projector;
+use crate::config::DetrisConfig;
+
+pub struct Detris {
+    pub config: DetrisConfig,
+    /// Every parameter and buffer, named as in the official state dict.
+    pub vs: VarStore,
+    pub text: ClipText,
+    pub dino: DinoV2,
+    pub neck: Neck,
+    pub decoder: Decoder,
+    pub proj: Projector,
+}
+
+impl Detris {
+    /// Builds the model with freshly initialised trainable parts (official
+    /// init) and zeroed frozen backbones, to be filled by `weights`.
+    pub fn new(config: DetrisConfig, device: Device) -> anyhow::Result<Detris> {
+        config.validate()?;
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        let text = ClipText::new(&(&root / "txt_backbone"), &config);
+        let dino = DinoV2::new(&(&root / "dinov2"), &config);
+        let neck = Neck::new(&(&root / "neck"), &config);
+        let decoder = Decoder::new(&(&root / "decoder"), &config);
+        let proj = Projector::new(&(&root / "proj"), &config);
+        Ok(Detris { config, vs, text, dino, neck, decoder, proj })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.vs.kind()
+    }
+
+    /// img (B,3,S,S) normalised, ids (B,L) int64 → logits (B,1,4g,4g).
+    pub fn forward(&self, img: &Tensor, ids: &Tensor, ctx: &Ctx) -> Tensor {
+        let shared = self.dino.shared_tokens(img, ctx);
+        self.forward_from_shared(shared, ids, ctx)
+    }
+
+    /// One image (1,3,S,S) and K sentences (K,L) → logits (K,1,4g,4g). The
+    /// text-independent part of the image encoder runs once; the sentences
+    /// run as one batch.
+    pub fn forward_sentences(&self, img: &Tensor, ids: &Tensor, ctx: &Ctx) -> Tensor {
+        let k = ids.size()[0];
+        let shared = self.dino.shared_tokens(img, ctx).repeat(k);
+        self.forward_from_shared(shared, ids, ctx)
+    }
+
+    fn forward_from_shared(&self, shared: super::dinov2::SharedTokens, ids: &Tensor, ctx: &Ctx) -> Tensor {
+        let ids = ids.to_kind(Kind::Int64);
+        // id 0 is padding (and also the BPE token `!`, hidden too, as trained).
+        let pad = ids.eq(0);
+        let txt = self.text.forward(&ids, ctx);
+        ctx.record("fusion.1", &txt.words);
+        ctx.record("fusion.2", &txt.sentence);
+        let taps = self.dino.forward_with_words(shared, &txt.words, ctx);
+        let fq = self.neck.forward(&taps, &txt.sentence, ctx);
+        ctx.record("neck", &fq);
+        let fq = self.decoder.forward(&fq, &txt.words, &pad, ctx);
+        let pred = self.proj.forward(&fq, &txt.sentence, ctx);
+        ctx.record("proj", &pred);
+        ctx.record("pred", &pred);
+        pred
+    }
+
+    /// BCE-with-logits against the soft target (B,1,S',S') resized to the
+    /// logits with nearest (floor) sampling, as the official training step.
+    pub fn loss(logits: &Tensor, target: &Tensor) -> (Tensor, Tensor) {
+        let (_, _, h, w) = logits.size4().unwrap();
+        let t = if target.size()[2..] != [h, w] { target.upsample_nearest2d([h, w], None, None) } else { target.shallow_clone() };
+        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&t, None, None, tch::Reduction::Mean);
+        (loss, t)
+    }
+
+    /// Number of parameters that train and that stay frozen.
+    pub fn parameter_counts(&self) -> (i64, i64) {
+        let vars = self.vs.variables();
+        let mut trainable = 0;
+        let mut frozen = 0;
+        for (name, t) in vars {
+            if name.contains("running_") {
+                continue;
+            }
+            if t.requires_grad() {
+                trainable += t.numel() as i64;
+            } else {
+                frozen += t.numel() as i64;
+            }
+        }
+        (trainable, frozen)
+    }
+}
