@@ -217,6 +217,10 @@ mod tests {
             ("a\r\nb\u{2028}c\u{85}d", "a\nb\nc…d"),
             ("\u{1b}[36;44mblue\u{1b}[0m\u{feff}\u{7}", "blue"),
             ("x < y &amp; z", "x < y &amp; z"),
+            ("\u{1a}man3x-rayïÂ£shirt", "man3x-rayï£shirt"),
+            ("Ð¿Ñ€Ð¸Ð²ÐµÑ‚ man", "привет man"),
+            ("lâ€™Ã©tÃ© and â€œquotedâ€\u{fffd}", "l'été and \"quoted\u{fffd}"),
+            ("cafÃ© â\u{80}\u{99}s", "café 's"),
         ];
         for (input, want) in cases {
             assert_eq!(fix_text(input), want, "{input:?}");

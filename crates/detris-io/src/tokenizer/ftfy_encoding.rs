@@ -157,7 +157,9 @@ fn latin1_as_strict_windows_1252(text: &str) -> Option<String> {
             let b = u8::try_from(u32::from(c)).ok()?;
             match b {
                 0x81 | 0x8D | 0x8F | 0x90 | 0x9D => None,
-                _ => Some(sloppy_windows_1252(b)),
+                // Only 80..9F differ from Latin-1 (the sloppy table's 1A → U+FFFD is ftfy's own).
+                0x80..=0x9F => Some(sloppy_windows_1252(b)),
+                _ => Some(char::from(b)),
             }
         })
         .collect()
@@ -291,3 +293,4 @@ fn decode_inconsistent_utf8(text: &str) -> String {
     out.push_str(text.get(last..).unwrap_or_default());
     out
 }
+
