@@ -102,7 +102,7 @@ impl<'a> Machine<'a> {
                         b"01" => TRUE,
                         _ => {
                             let v = parse_text::<i64>(line).ok_or_else(|| self.fail("INT is not a 64-bit integer"))?;
-                            self.new(Node::Int(v))
+                            self.alloc(Node::Int(v))
                         }
                     };
                     self.stack.push(id);
@@ -302,7 +302,7 @@ impl<'a> Machine<'a> {
                 }
                 b'P' => {
                     let pid = String::from_utf8(self.line()?.to_vec()).map_err(|_| self.fail("PERSID is not text"))?;
-                    let pid = self.new(Node::Str(pid));
+                    let pid = self.alloc(Node::Str(pid));
                     self.push(Node::PersistentId(pid));
                 }
                 b'Q' => {
@@ -417,13 +417,13 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn new(&mut self, node: Node) -> Id {
+    fn alloc(&mut self, node: Node) -> Id {
         self.arena.push(node);
         self.arena.len() - 1
     }
 
     fn push(&mut self, node: Node) {
-        let id = self.new(node);
+        let id = self.alloc(node);
         self.stack.push(id);
     }
 
@@ -455,7 +455,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> Step<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
+        if items.len() % 2 == 1 {
             return Err(self.fail("a dict has a key without a value"));
         }
         Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())
@@ -559,7 +559,7 @@ impl<'a> Machine<'a> {
             }
             _ => Node::Object(Box::new(ObjectNode { callable, args, state: None })),
         };
-        Ok(self.new(node))
+        Ok(self.alloc(node))
     }
 
     fn build(&mut self, target: Id, state: Id) -> Step<()> {
@@ -579,7 +579,7 @@ impl<'a> Machine<'a> {
             if let Some(Node::Dict(old_pairs)) = self.arena.get(old) {
                 let mut merged = old_pairs.clone();
                 merged.extend(pairs);
-                let merged = self.new(Node::Dict(merged));
+                let merged = self.alloc(Node::Dict(merged));
                 return self.set_state(target, merged);
             }
         }
