@@ -147,6 +147,53 @@ fn decodes_real_photos() {
     assert!(got.as_raw() == want.as_raw(), "chelsea.png decodes differently from cv2");
 }
 
+#[test]
+fn decodes_coco_jpegs_at_their_annotated_size() {
+    // The sizes come from the mini data set's COCO `images` table.
+    let root = fixtures::path("data/refer_mini");
+    let coco: serde_json::Value = serde_json::from_slice(&read("data/refer_mini/refcoco/instances.json")).unwrap();
+    let images = coco["images"].as_array().unwrap();
+    assert!(!images.is_empty());
+    for im in images {
+        let name = im["file_name"].as_str().unwrap();
+        let img = load_rgb(root.join("images/train2014").join(name)).unwrap();
+        let want = (im["width"].as_u64().unwrap() as u32, im["height"].as_u64().unwrap() as u32);
+        assert_eq!(img.dimensions(), want, "{name}");
+    }
+}
+
+#[test]
+fn reads_official_ground_truth_masks() {
+    // Every prepared train mask: the photo's size, some foreground, and all of it inside the
+    // annotation's integer bbox widened by one pixel (the bbox truncates COCO's float box).
+    let expected = fixtures::path("data/refer_mini_expected");
+    let anns: serde_json::Value = serde_json::from_slice(&read("data/refer_mini_expected/anns/refcoco/train.json")).unwrap();
+    let anns = anns.as_array().unwrap();
+    assert!(!anns.is_empty());
+    for ann in anns {
+        let id = ann["segment_id"].as_u64().unwrap();
+        let (grey, w, h) = read_mask_png(expected.join(format!("masks/refcoco/{id}.png"))).unwrap();
+        let photo = fixtures::path("data/refer_mini/images/train2014").join(ann["img_name"].as_str().unwrap());
+        let photo = load_rgb(photo).unwrap();
+        assert_eq!((w as u32, h as u32), photo.dimensions(), "mask {id}");
+        let b: Vec<i64> = ann["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let fg: Vec<(i64, i64)> =
+            (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).filter(|&(x, y)| grey[y * w + x] != 0).map(|(x, y)| (x as i64, y as i64)).collect();
+        assert!(!fg.is_empty(), "mask {id} is empty");
+        assert!(fg.iter().all(|&(x, y)| x >= b[0] - 1 && x <= b[2] + 1 && y >= b[1] - 1 && y <= b[3] + 1), "mask {id} leaves {b:?}");
+    }
+}
+
+#[test]
+fn webp_round_trips_losslessly() {
+    let photo = load_rgb(fixtures::images_dir().join("coffee.png")).unwrap();
+    let mut webp = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+        .encode(photo.as_raw(), photo.width(), photo.height(), image::ExtendedColorType::Rgb8)
+        .unwrap();
+    assert_eq!(decode_rgb(&webp, "coffee.webp").unwrap(), photo);
+}
+
 /// A small PNG written with the png crate; `extra` chunks go before the image data.
 fn png_bytes(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8], extra: &[([u8; 4], Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
