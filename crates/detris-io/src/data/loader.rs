@@ -1,1 +1,393 @@
-//! (being written)
+//! Batches for training and evaluation over the prepared layout
+//! (`anns/<ds>/<split>.json`, `images/train2014/`, `masks/<ds>/<id>.png`),
+//! so real and synthetic data load the same way.
+//!
+//! Sentence choice follows the official code: training takes one random
+//! sentence per ref per epoch (refs shuffled, last partial batch dropped),
+//! validation the first sentence of every ref, test every sentence.
+//!
+//! Decoding and pre-processing run on a pool of `workers` threads, a few
+//! batches ahead of the consumer (a bounded channel). The plan of an epoch
+//! (which ref and sentence go into which batch) is drawn from
+//! ChaCha8(seed, epoch) before any work starts, and every item is computed
+//! from its own inputs only, so batches are identical for any worker count.
+
+use crate::error::{Error, Result};
+use crate::image::{load_rgb, preprocess, read_mask_png, warp_mask, Letterbox};
+use crate::tokenizer::{pad_mask, ClipTokenizer};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// One ref, as the loader needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderRef {
+    pub image: PathBuf,
+    pub mask: PathBuf,
+    /// `segment_id` of the prepared JSON (a number, or `"<ds>_<id>"` in the mixed set).
+    pub segment_id: String,
+    pub sentences: Vec<String>,
+}
+
+/// Reads `root/anns/<dataset>/<split>.json` into loader refs, with the image
+/// under `root/images/train2014/` and the mask at `root/masks/<dataset>/<segment_id>.png`.
+pub fn prepared_refs(root: &Path, dataset: &str, split: &str) -> Result<Vec<LoaderRef>> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        img_name: String,
+        segment_id: serde_json::Value,
+        sentences: Vec<Sentence>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sentence {
+        sent: String,
+    }
+    let path = root.join("anns").join(dataset).join(format!("{split}.json"));
+    let bytes = crate::error::read_file(&path)?;
+    let entries: Vec<Entry> =
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(&path, format!("not a prepared split file: {e}")))?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let segment_id = match entry.segment_id {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                other => return Err(Error::invalid(&path, format!("entry {i}: segment_id {other} is not a number or string"))),
+            };
+            // The id names a file: keep it to one plain path component.
+            if segment_id.is_empty() || segment_id.contains(['/', '\\']) || segment_id.starts_with('.') {
+                return Err(Error::invalid(&path, format!("entry {i}: segment_id {segment_id:?} is not a file name")));
+            }
+            if entry.img_name.contains(['/', '\\']) || entry.img_name.starts_with('.') {
+                return Err(Error::invalid(&path, format!("entry {i}: img_name {:?} is not a file name", entry.img_name)));
+            }
+            Ok(LoaderRef {
+                image: root.join("images").join("train2014").join(&entry.img_name),
+                mask: root.join("masks").join(dataset).join(format!("{segment_id}.png")),
+                segment_id,
+                sentences: entry.sentences.into_iter().map(|s| s.sent).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Which sentences an epoch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One random sentence per ref, refs shuffled, last partial batch dropped; soft targets.
+    Train,
+    /// First sentence of every ref, in order; original masks for the metrics.
+    Val,
+    /// Every sentence of every ref, in order; original masks for the metrics.
+    Test,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderOptions {
+    /// Side of the square model input (448 in the official configs).
+    pub input_size: usize,
+    /// Token ids per sentence (17 for RefCOCO/+, 22 for RefCOCOg).
+    pub word_len: usize,
+    pub batch_size: usize,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    /// Seed of the training order and sentence choice.
+    pub seed: u64,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions { input_size: 448, word_len: 17, batch_size: 32, workers: 4, prefetch: 2, seed: 0 }
+    }
+}
+
+/// What an evaluation needs of one item, at the photo's resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalTarget {
+    /// Ground truth, row-major `width × height`, 1 = foreground (any non-zero PNG value).
+    pub mask: Vec<u8>,
+    /// The mask PNG had another size than the photo and was resized (nearest) to it.
+    pub mask_resized: bool,
+}
+
+/// One sample of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchItem {
+    /// Index into the loader's refs.
+    pub ref_index: usize,
+    pub sentence_index: usize,
+    pub segment_id: String,
+    pub sentence: String,
+    /// The sentence was longer than `word_len` ids and cut.
+    pub truncated: bool,
+    /// Photo size and its letterbox into the model input.
+    pub width: usize,
+    pub height: usize,
+    pub letterbox: Letterbox,
+    /// Present in validation and test mode.
+    pub eval: Option<EvalTarget>,
+}
+
+/// A batch of `len` samples, tensors flattened row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub len: usize,
+    pub input_size: usize,
+    pub word_len: usize,
+    /// (B, 3, S, S) CLIP-normalised letterboxed photos.
+    pub images: Vec<f32>,
+    /// (B, L) token ids.
+    pub word_ids: Vec<i64>,
+    /// (B, L) true = padding.
+    pub pad_mask: Vec<bool>,
+    /// (B, 1, S, S) soft training targets (training mode only).
+    pub targets: Option<Vec<f32>>,
+    pub items: Vec<BatchItem>,
+}
+
+/// Loads batches of one split for any number of epochs.
+pub struct Loader {
+    refs: Arc<Vec<LoaderRef>>,
+    mode: Mode,
+    opts: LoaderOptions,
+    pool: Arc<rayon::ThreadPool>,
+    /// Refs whose mask had to be resized to the photo size.
+    resized: Arc<Mutex<BTreeSet<usize>>>,
+}
+
+/// (ref index, sentence index) of each sample, batch by batch.
+pub type Plan = Vec<Vec<(usize, usize)>>;
+
+impl Loader {
+    pub fn new(refs: Vec<LoaderRef>, mode: Mode, opts: LoaderOptions) -> Result<Loader> {
+        if opts.batch_size == 0 || opts.input_size == 0 || opts.word_len < 2 {
+            return Err(Error::input(format!(
+                "loader: batch size {}, input size {} and word length {} must be ≥ 1, 1 and 2",
+                opts.batch_size, opts.input_size, opts.word_len
+            )));
+        }
+        if let Some(r) = refs.iter().find(|r| r.sentences.is_empty()) {
+            return Err(Error::input(format!("loader: ref {} has no sentences", r.segment_id)));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.workers.max(1))
+            .thread_name(|i| format!("detris-loader-{i}"))
+            .build()
+            .map_err(|e| Error::input(format!("loader: cannot start {} worker threads: {e}", opts.workers)))?;
+        Ok(Loader { refs: Arc::new(refs), mode, opts, pool: Arc::new(pool), resized: Arc::default() })
+    }
+
+    pub fn refs(&self) -> &[LoaderRef] {
+        &self.refs
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Which samples epoch `epoch` holds, batch by batch.
+    pub fn plan(&self, epoch: u64) -> Plan {
+        let b = self.opts.batch_size;
+        match self.mode {
+            Mode::Train => {
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&self.opts.seed.to_le_bytes());
+                key[8..16].copy_from_slice(&epoch.to_le_bytes());
+                let mut rng = ChaCha8Rng::from_seed(key);
+                let mut order: Vec<usize> = (0..self.refs.len()).collect();
+                order.shuffle(&mut rng);
+                let samples: Vec<(usize, usize)> =
+                    order.into_iter().map(|r| (r, rng.gen_range(0..self.refs[r].sentences.len()))).collect();
+                samples.chunks_exact(b).map(<[_]>::to_vec).collect()
+            }
+            Mode::Val => (0..self.refs.len()).map(|r| (r, 0)).collect::<Vec<_>>().chunks(b).map(<[_]>::to_vec).collect(),
+            Mode::Test => {
+                let all: Vec<(usize, usize)> =
+                    self.refs.iter().enumerate().flat_map(|(r, x)| (0..x.sentences.len()).map(move |s| (r, s))).collect();
+                all.chunks(b).map(<[_]>::to_vec).collect()
+            }
+        }
+    }
+
+    /// The batches of epoch `epoch`, loaded in the background.
+    pub fn epoch(&self, epoch: u64) -> Batches {
+        let plan = self.plan(epoch);
+        let total = plan.len();
+        let (sender, receiver) = sync_channel(self.opts.prefetch.max(1));
+        let job = Job {
+            refs: Arc::clone(&self.refs),
+            mode: self.mode,
+            opts: self.opts.clone(),
+            resized: Arc::clone(&self.resized),
+        };
+        let pool = Arc::clone(&self.pool);
+        let window = self.opts.prefetch.max(1);
+        let producer = std::thread::spawn(move || {
+            // Load `window` batches at a time, all their samples in parallel.
+            for batches in plan.chunks(window) {
+                let samples: Vec<(usize, usize)> = batches.iter().flatten().copied().collect();
+                let loaded: Vec<Result<Sample>> = pool.install(|| samples.par_iter().map(|&s| job.load(s)).collect());
+                let mut loaded = loaded.into_iter();
+                for batch in batches {
+                    let result = job.assemble(loaded.by_ref().take(batch.len()).collect());
+                    let failed = result.is_err();
+                    if sender.send(result).is_err() || failed {
+                        return; // consumer gone, or stop after the first error
+                    }
+                }
+            }
+        });
+        Batches { receiver: Some(receiver), producer: Some(producer), remaining: total }
+    }
+
+    /// Segment ids of the refs whose mask PNG had another size than its photo
+    /// (it was resized, nearest, to the photo size), among those loaded so far.
+    pub fn resized_masks(&self) -> Vec<String> {
+        let resized = self.resized.lock().unwrap_or_else(|e| e.into_inner());
+        resized.iter().map(|&r| self.refs[r].segment_id.clone()).collect()
+    }
+}
+
+/// The batches of one epoch, in plan order. Ends after the first error.
+pub struct Batches {
+    receiver: Option<Receiver<Result<Batch>>>,
+    producer: Option<JoinHandle<()>>,
+    remaining: usize,
+}
+
+impl Iterator for Batches {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        let batch = self.receiver.as_ref()?.recv().ok();
+        match &batch {
+            Some(Ok(_)) => self.remaining -= 1,
+            _ => self.receiver = None,
+        }
+        batch
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining))
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        // Unblock the producer, then wait for it so no thread outlives the epoch.
+        self.receiver = None;
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
+
+/// What the producer thread needs.
+struct Job {
+    refs: Arc<Vec<LoaderRef>>,
+    mode: Mode,
+    opts: LoaderOptions,
+    resized: Arc<Mutex<BTreeSet<usize>>>,
+}
+
+/// One loaded sample, before batching.
+struct Sample {
+    image: Vec<f32>,
+    ids: Vec<i64>,
+    target: Option<Vec<f32>>,
+    item: BatchItem,
+}
+
+impl Job {
+    fn load(&self, (ref_index, sentence_index): (usize, usize)) -> Result<Sample> {
+        let r = &self.refs[ref_index];
+        let sentence = &r.sentences[sentence_index];
+        let photo = load_rgb(&r.image)?;
+        let (width, height) = (photo.width() as usize, photo.height() as usize);
+        let (image, letterbox) = preprocess(&photo, self.opts.input_size);
+        let (grey, mw, mh) = read_mask_png(&r.mask)?;
+        let mask_resized = (mw, mh) != (width, height);
+        let grey = if mask_resized {
+            self.resized.lock().unwrap_or_else(|e| e.into_inner()).insert(ref_index);
+            resize_nearest(&grey, mw, mh, width, height)
+        } else {
+            grey
+        };
+        let tokens = ClipTokenizer::global()
+            .tokenize(sentence, self.opts.word_len)
+            .map_err(|e| Error::input(format!("ref {}, sentence {sentence_index}: {e}", r.segment_id)))?;
+        let (target, eval) = match self.mode {
+            Mode::Train => (Some(warp_mask(&grey, width, height, &letterbox).map_err(|e| e.in_file(&r.mask))?), None),
+            Mode::Val | Mode::Test => {
+                (None, Some(EvalTarget { mask: grey.iter().map(|&v| u8::from(v != 0)).collect(), mask_resized }))
+            }
+        };
+        let item = BatchItem {
+            ref_index,
+            sentence_index,
+            segment_id: r.segment_id.clone(),
+            sentence: sentence.clone(),
+            truncated: tokens.truncated,
+            width,
+            height,
+            letterbox,
+            eval,
+        };
+        Ok(Sample { image, ids: tokens.ids, target, item })
+    }
+
+    fn assemble(&self, samples: Vec<Result<Sample>>) -> Result<Batch> {
+        let (s, l) = (self.opts.input_size, self.opts.word_len);
+        let mut batch = Batch {
+            len: samples.len(),
+            input_size: s,
+            word_len: l,
+            images: Vec::with_capacity(samples.len() * 3 * s * s),
+            word_ids: Vec::with_capacity(samples.len() * l),
+            pad_mask: Vec::with_capacity(samples.len() * l),
+            targets: (self.mode == Mode::Train).then(|| Vec::with_capacity(samples.len() * s * s)),
+            items: Vec::with_capacity(samples.len()),
+        };
+        for sample in samples {
+            let sample = sample?;
+            batch.images.extend(sample.image);
+            batch.pad_mask.extend(pad_mask(&sample.ids));
+            batch.word_ids.extend(sample.ids);
+            if let (Some(targets), Some(target)) = (batch.targets.as_mut(), sample.target) {
+                targets.extend(target);
+            }
+            batch.items.push(sample.item);
+        }
+        Ok(batch)
+    }
+}
+
+/// `cv2.resize(mask, (w, h), interpolation=INTER_NEAREST)`: source pixel
+/// `floor(dst · src/dst)`, clamped.
+pub fn resize_nearest(mask: &[u8], src_w: usize, src_h: usize, w: usize, h: usize) -> Vec<u8> {
+    if src_w == 0 || src_h == 0 {
+        return vec![0; w * h];
+    }
+    let (sx, sy) = (src_w as f64 / w as f64, src_h as f64 / h as f64);
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let y0 = ((y as f64 * sy).floor() as usize).min(src_h - 1);
+        for x in 0..w {
+            let x0 = ((x as f64 * sx).floor() as usize).min(src_w - 1);
+            out.push(mask[y0 * src_w + x0]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -109,7 +109,9 @@ fn files_hold_exact_masks_and_unambiguous_sentences() {
     let scenes = json(&root.join("synth/scenes.json"));
 
     // Per image: scene and the exact mask of every annotation, checked against the pixels.
-    let mut images: BTreeMap<String, (Scene, Vec<Vec<u8>>, Vec<i64>)> = BTreeMap::new();
+    // file name → (scene, mask per object, annotation id per object)
+    type Picture = (Scene, Vec<Vec<u8>>, Vec<i64>);
+    let mut images: BTreeMap<String, Picture> = BTreeMap::new();
     let annotations = instances["annotations"].as_array().unwrap();
     for (image, entry) in instances["images"].as_array().unwrap().iter().zip(scenes.as_array().unwrap()) {
         let name = image["file_name"].as_str().unwrap().to_string();
