@@ -8,7 +8,10 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 /// Every word an expression can contain. Fixed, so that a model trained on
-/// synthetic data only needs these words of the CLIP vocabulary.
+/// synthetic data only needs these words of the CLIP vocabulary. Each is one
+/// CLIP BPE token except leftmost/rightmost/topmost/bottommost (two: the
+/// stem and `most</w>`); the longest sentences (relations, 10 words) take 12
+/// ids with SOT and EOT.
 pub const VOCABULARY: &[&str] = &[
     "the", "shape", "circle", "square", "triangle", "star", "diamond", "ring", "red", "green",
     "blue", "yellow", "purple", "orange", "small", "big", "biggest", "smallest", "leftmost",

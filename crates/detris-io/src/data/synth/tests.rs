@@ -198,6 +198,9 @@ fn files_hold_exact_masks_and_unambiguous_sentences() {
             for s in r["sentences"].as_array().unwrap() {
                 let text = s["sent"].as_str().unwrap();
                 assert!(text.split(' ').all(|word| VOCABULARY.contains(&word)), "{text}");
+                // Fits the official word length of RefCOCO (17 ids).
+                let tokens = crate::tokenizer::ClipTokenizer::global().tokenize(text, 17).unwrap();
+                assert!(!tokens.truncated, "{text:?} takes {} ids", tokens.n_ids);
                 let expression = Expression::parse(text).unwrap_or_else(|| panic!("{text:?} is outside the grammar"));
                 assert_eq!(expression.resolve(scene), Some(target), "{text:?} does not name its object");
                 sentences += 1;
