@@ -54,7 +54,18 @@ impl std::fmt::Display for Global {
     }
 }
 
-/// A decoded pickle value. Nothing in it was executed.
+/// A call that was not executed: `callable(*args)` (REDUCE, NEWOBJ, INST,
+/// OBJ), plus the state a later BUILD gave it (for TorchScript modules, the
+/// attribute dict).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    pub callable: Global,
+    pub args: Vec<Value>,
+    pub state: Option<Value>,
+}
+
+/// A decoded pickle value. Nothing in it was executed. (Rare variants are
+/// boxed so that a value is 32 bytes: REFER pickles hold millions.)
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     None,
@@ -74,11 +85,9 @@ pub enum Value {
     Dict(Vec<(Value, Value)>),
     /// `set` or `frozenset`.
     Set(Vec<Value>),
-    Global(Global),
-    /// A call that was not executed: `callable(*args)` (REDUCE, NEWOBJ, INST,
-    /// OBJ), plus the state a later BUILD gave it (for TorchScript modules the
-    /// attribute dict).
-    Object { callable: Global, args: Vec<Value>, state: Option<Box<Value>> },
+    Global(Box<Global>),
+    /// A call that was not executed (see [`Object`]).
+    Object(Box<Object>),
     /// A persistent id (PERSID/BINPERSID): torch's reference to a storage.
     PersistentId(Box<Value>),
 }
@@ -165,6 +174,13 @@ impl Value {
         self.as_dict()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
     }
 
+    pub fn as_object(&self) -> Option<&Object> {
+        match self {
+            Value::Object(obj) => Some(obj),
+            _ => None,
+        }
+    }
+
     pub fn as_global(&self) -> Option<&Global> {
         match self {
             Value::Global(g) => Some(g),
@@ -176,7 +192,7 @@ impl Value {
     /// (TorchScript modules): `obj.name`.
     pub fn attr(&self, name: &str) -> Option<&Value> {
         match self {
-            Value::Object { state: Some(state), .. } => state.get(name),
+            Value::Object(obj) => obj.state.as_ref()?.get(name),
             _ => None,
         }
     }
@@ -195,7 +211,7 @@ impl Value {
             Value::Dict(_) => "a dict".into(),
             Value::Set(_) => "a set".into(),
             Value::Global(g) => format!("the global `{g}`"),
-            Value::Object { callable, .. } => format!("a `{callable}` object"),
+            Value::Object(obj) => format!("a `{}` object", obj.callable),
             Value::PersistentId(_) => "a persistent id".into(),
         }
     }

@@ -41,8 +41,9 @@ const CLIP_EXTRAS: [&str; 3] = ["input_resolution", "context_length", "vocab_siz
 pub struct Checkpoint {
     /// Model tensors by name, `module.` prefix removed, dtype as stored.
     pub tensors: TensorMap,
-    /// Top-level entries that hold no tensors (DETRIS: `epoch`, `cur_iou`,
-    /// `best_iou`, `prec`); empty for flat state dicts and TorchScript files.
+    /// Top-level non-weight entries as plain data (DETRIS: `epoch`,
+    /// `cur_iou`, `best_iou`, `prec`), one-element tensors read as numbers;
+    /// `optimizer` and `scheduler` are left out. Empty for TorchScript files.
     pub metadata: BTreeMap<String, Value>,
 }
 
@@ -153,7 +154,7 @@ fn in_entry(e: Error, path: &Path, entry: &str) -> Error {
 }
 
 fn is_torchscript_module(v: &Value) -> bool {
-    matches!(v, Value::Object { callable, .. } if callable.module == "__torch__" || callable.module.starts_with("__torch__."))
+    v.as_object().is_some_and(|o| o.callable.module == "__torch__" || o.callable.module.starts_with("__torch__."))
 }
 
 /// A `torch.save`d dict: either a training checkpoint with a `state_dict`
@@ -168,8 +169,10 @@ fn state_dict_checkpoint(root: &Value, storages: &mut dyn Storages) -> std::resu
             state_dict.as_dict().ok_or_else(|| format!("its `state_dict` entry is {}, not a dict", state_dict.kind()))?;
         for (key, value) in entries {
             if let Some(key) = key.as_str() {
-                if key != "state_dict" && !TRAINING_STATE.contains(&key) && !contains_tensor(value) {
-                    metadata.insert(key.to_string(), value.clone());
+                if key != "state_dict" && !TRAINING_STATE.contains(&key) {
+                    if let Some(value) = metadata_value(value, storages) {
+                        metadata.insert(key.to_string(), value);
+                    }
                 }
             }
         }
@@ -177,8 +180,10 @@ fn state_dict_checkpoint(root: &Value, storages: &mut dyn Storages) -> std::resu
     } else {
         for (key, value) in entries {
             if let Some(key) = key.as_str() {
-                if !contains_tensor(value) {
-                    metadata.insert(key.to_string(), value.clone());
+                if !is_tensor(value) {
+                    if let Some(value) = metadata_value(value, storages) {
+                        metadata.insert(key.to_string(), value);
+                    }
                 }
             }
         }
@@ -192,6 +197,34 @@ fn state_dict_checkpoint(root: &Value, storages: &mut dyn Storages) -> std::resu
         ));
     }
     Ok(Checkpoint { tensors, metadata })
+}
+
+/// A metadata entry as plain data: one-element tensors (the official
+/// checkpoint's `prec` values are 0-dim tensors) become numbers; `None` (the
+/// entry is left out) when it holds a larger tensor or one that cannot be read.
+fn metadata_value(v: &Value, storages: &mut dyn Storages) -> Option<Value> {
+    if is_tensor(v) {
+        let t = rebuild::tensor(v, storages).ok()??;
+        if t.numel() != 1 {
+            return None;
+        }
+        return if t.dtype.is_float() {
+            t.to_f64_vec().first().map(|&x| Value::Float(x))
+        } else {
+            t.to_i64_vec().first().map(|&x| Value::Int(x))
+        };
+    }
+    let mut items = |items: &[Value]| -> Option<Vec<Value>> { items.iter().map(|i| metadata_value(i, storages)).collect() };
+    Some(match v {
+        Value::List(v) => Value::List(items(v)?),
+        Value::Tuple(v) => Value::Tuple(items(v)?),
+        Value::Set(v) => Value::Set(items(v)?),
+        Value::Dict(pairs) => {
+            Value::Dict(pairs.iter().map(|(k, v)| Some((k.clone(), metadata_value(v, storages)?))).collect::<Option<_>>()?)
+        }
+        other if contains_tensor(other) => return None,
+        other => other.clone(),
+    })
 }
 
 /// The tensor entries of a name → value dict (other values are skipped).
@@ -231,8 +264,9 @@ fn walk_module(
     storages: &mut dyn Storages,
     out: &mut TensorMap,
 ) -> std::result::Result<(), String> {
-    let Value::Object { state: Some(state), .. } = module else { return Ok(()) };
-    let Some(attributes) = state.as_dict() else { return Ok(()) };
+    let Some(attributes) = module.as_object().and_then(|o| o.state.as_ref()).and_then(Value::as_dict) else {
+        return Ok(());
+    };
     for (key, value) in attributes {
         let Some(name) = key.as_str() else { continue };
         let path = format!("{prefix}{name}");

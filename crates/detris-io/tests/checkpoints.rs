@@ -61,9 +61,9 @@ fn storage_keys(v: &Value, out: &mut Vec<String>) {
         Value::PersistentId(pid) => out.extend(pid.as_list().and_then(|f| f.get(2)).and_then(Value::as_str).map(String::from)),
         Value::List(items) | Value::Tuple(items) | Value::Set(items) => items.iter().for_each(|i| storage_keys(i, out)),
         Value::Dict(pairs) => pairs.iter().for_each(|(_, v)| storage_keys(v, out)),
-        Value::Object { args, state, .. } => {
-            args.iter().for_each(|a| storage_keys(a, out));
-            if let Some(s) = state {
+        Value::Object(obj) => {
+            obj.args.iter().for_each(|a| storage_keys(a, out));
+            if let Some(s) = &obj.state {
                 storage_keys(s, out);
             }
         }
@@ -295,6 +295,37 @@ fn strided_and_legacy_files_built_by_hand_load() {
     let old = load_state_dict(&legacy_path).unwrap();
     assert_eq!(old["w"].to_f32_vec(), got["w"].to_f32_vec());
     assert_eq!(old["b"].to_f32_vec(), got["b"].to_f32_vec());
+    // A training checkpoint as the official train.py writes it: 0-dim
+    // tensors in `prec` (validate() returns tensor means) read as numbers;
+    // the optimizer's storage `9` is absent and never looked for.
+    let ckpt = Pickle::new()
+        .op(b"}(")
+        .str("epoch")
+        .int(3)
+        .str("prec")
+        .op(b"}")
+        .str("Pr@50")
+        .tensor("FloatStorage", "1", 1, 0, &[], &[])
+        .op(b"s")
+        .str("state_dict")
+        .op(b"}")
+        .str("module.b")
+        .tensor("FloatStorage", "0", 6, 3, &[3], &[1])
+        .op(b"s")
+        .str("optimizer")
+        .op(b"}")
+        .str("state")
+        .tensor("FloatStorage", "9", 6, 0, &[6], &[1])
+        .op(b"su")
+        .stop();
+    let ckpt_path = dir.join("train.pth");
+    let quarter = f32_bytes(&[0.25]);
+    torch_zip(&ckpt_path, &[("data.pkl", &ckpt), ("data/0", &data), ("data/1", &quarter)]);
+    let loaded = load_checkpoint(&ckpt_path).unwrap();
+    assert_eq!(loaded.tensors.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(loaded.metadata["epoch"], Value::Int(3));
+    assert_eq!(loaded.metadata["prec"].get("Pr@50"), Some(&Value::Float(0.25)));
+
     // Cut inside the storage bytes: an error, not a short tensor.
     std::fs::write(&legacy_path, &legacy[..legacy.len() - 3]).unwrap();
     assert!(error_of(&legacy_path).contains("truncated"));

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{globals, text, Global, Value, BASE_BUDGET, BUDGET_PER_BYTE, MAX_DEPTH};
+use super::{globals, text, Global, Object, Value, BASE_BUDGET, BUDGET_PER_BYTE, MAX_DEPTH};
 use crate::error::{Error, Result};
 
 type Id = usize;
@@ -646,7 +646,7 @@ impl Materialiser<'_> {
             Node::Float(f) => Ok(Value::Float(*f)),
             Node::Str(s) => Ok(Value::Str(s.clone())),
             Node::Bytes(b) => Ok(Value::Bytes(b.clone())),
-            Node::Global(g) => Ok(Value::Global((**g).clone())),
+            Node::Global(g) => Ok(Value::Global(g.clone())),
             _ => {
                 // A container met again inside itself would loop forever.
                 match self.visiting.get_mut(id) {
@@ -679,10 +679,10 @@ impl Materialiser<'_> {
             Node::Object(obj) => {
                 let args = self.values(&obj.args, depth)?;
                 let state = match obj.state {
-                    Some(s) => Some(Box::new(self.value(s, depth)?)),
+                    Some(s) => Some(self.value(s, depth)?),
                     None => None,
                 };
-                Value::Object { callable: obj.callable.clone(), args, state }
+                Value::Object(Box::new(Object { callable: obj.callable.clone(), args, state }))
             }
             _ => return Err("pickle: internal error, a scalar taken for a container".into()),
         })

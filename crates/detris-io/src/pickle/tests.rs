@@ -184,3 +184,9 @@ fn refer_refs_pickle_reads_as_a_list_of_ref_dicts() {
         }
     }
 }
+
+#[test]
+fn values_stay_small() {
+    // REFER pickles decode to millions of values; rare variants are boxed.
+    assert!(std::mem::size_of::<Value>() <= 32, "{}", std::mem::size_of::<Value>());
+}

@@ -93,9 +93,9 @@ fn collect_storage_dtypes(v: &Value, out: &mut HashMap<String, DType>) {
             collect_storage_dtypes(k, out);
             collect_storage_dtypes(v, out);
         }),
-        Value::Object { args, state, .. } => {
-            args.iter().for_each(|a| collect_storage_dtypes(a, out));
-            if let Some(s) = state {
+        Value::Object(obj) => {
+            obj.args.iter().for_each(|a| collect_storage_dtypes(a, out));
+            if let Some(s) = &obj.state {
                 collect_storage_dtypes(s, out);
             }
         }

@@ -94,13 +94,13 @@ impl StorageRef {
 /// The tensor inside `_rebuild_parameter(tensor, ...)` wrappers, if `v` is a
 /// tensor record at all.
 fn tensor_args(v: &Value) -> Option<&[Value]> {
-    let Value::Object { callable, args, .. } = v else { return None };
-    if callable.module != "torch._utils" {
+    let obj = v.as_object()?;
+    if obj.callable.module != "torch._utils" {
         return None;
     }
-    match callable.name.as_str() {
-        "_rebuild_tensor_v2" | "_rebuild_tensor" => Some(args),
-        "_rebuild_parameter" | "_rebuild_parameter_with_state" => args.first().and_then(tensor_args),
+    match obj.callable.name.as_str() {
+        "_rebuild_tensor_v2" | "_rebuild_tensor" => Some(&obj.args),
+        "_rebuild_parameter" | "_rebuild_parameter_with_state" => obj.args.first().and_then(tensor_args),
         _ => None,
     }
 }
@@ -118,7 +118,7 @@ pub(super) fn contains_tensor(v: &Value) -> bool {
     match v {
         Value::List(items) | Value::Tuple(items) | Value::Set(items) => items.iter().any(contains_tensor),
         Value::Dict(pairs) => pairs.iter().any(|(k, v)| contains_tensor(k) || contains_tensor(v)),
-        Value::Object { args, state, .. } => args.iter().any(contains_tensor) || state.as_deref().is_some_and(contains_tensor),
+        Value::Object(obj) => obj.args.iter().any(contains_tensor) || obj.state.as_ref().is_some_and(contains_tensor),
         Value::PersistentId(_) => true,
         _ => false,
     }
