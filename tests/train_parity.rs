@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use common::*;
 use detris::model::Ctx;
 use detris::Detris;
-use tch::nn::OptimizerConfig;
+use detris::train::adam::Adam;
 use tch::{Kind, Tensor};
 
 struct Run {
@@ -34,7 +34,8 @@ fn train_three_steps(kind: Kind, fast: bool) -> Run {
     let img = io["input.img"].to_kind(kind);
     let ids = &io["input.word"];
     let mask = tr["input.mask"].to_kind(kind);
-    let mut opt = tch::nn::Adam::default().build(&model.vs, 1e-4).unwrap();
+    let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    let mut opt = Adam::new(trainable, 1e-4);
     let ctx = Ctx { train: true, fast, trace: None };
     let vars = model.vs.variables();
     let mut run = Run { losses: vec![], grads0: BTreeMap::new(), bn0: BTreeMap::new(), params3: BTreeMap::new() };
@@ -55,7 +56,7 @@ fn train_three_steps(kind: Kind, fast: bool) -> Run {
                 }
             }
         }
-        opt.step();
+        opt.step(1.0);
     }
     for (name, v) in &vars {
         if v.requires_grad() {
