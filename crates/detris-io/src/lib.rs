@@ -20,6 +20,7 @@ pub mod image;
 // Datasets and metrics.
 pub mod data;
 pub mod metrics;
+pub mod plot;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, RawTensor, TensorMap};

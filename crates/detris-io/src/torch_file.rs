@@ -1,1 +1,258 @@
-//! (being written)
+//! PyTorch weight files, read without Python and without running pickle code.
+//!
+//! Accepted, recognised from the bytes (never from the file name):
+//! * `torch.save` zip archives (torch ≥ 1.6): the official DETRIS checkpoint
+//!   (`{'epoch', ..., 'state_dict': {'module.<name>': tensor}, 'optimizer',
+//!   'scheduler'}`), flat state dicts such as `dinov2_vitb14_reg4_pretrain.pth`;
+//! * legacy (pre-zip) `torch.save` files;
+//! * TorchScript archives such as OpenAI's `ViT-B-16.pt`, whose `data.pkl`
+//!   is a tree of module objects (tensor names are attribute paths);
+//! * safetensors files (handed to [`crate::safetensors_file`]).
+//!
+//! The file is memory-mapped; contiguous tensors point into the map
+//! ([`Bytes::Mapped`]), strided ones are copied densely. Tensors the caller
+//! does not ask for (optimizer and scheduler states) are never read.
+
+mod legacy;
+mod rebuild;
+mod zip_archive;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::pickle::{self, Value};
+use crate::tensor::{Bytes, DType, RawTensor, TensorMap};
+use rebuild::{contains_tensor, is_tensor, Storages};
+
+/// A DDP-wrapped model's state-dict keys start with this; it is removed.
+const DDP_PREFIX: &str = "module.";
+/// Top-level checkpoint entries that are not model weights and are never read.
+const TRAINING_STATE: [&str; 2] = ["optimizer", "scheduler"];
+/// Entries OpenAI's CLIP TorchScript files carry beside the weights; the
+/// official loader deletes them.
+const CLIP_EXTRAS: [&str; 3] = ["input_resolution", "context_length", "vocab_size"];
+
+/// A checkpoint's model tensors and its scalar bookkeeping.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Model tensors by name, `module.` prefix removed, dtype as stored.
+    pub tensors: TensorMap,
+    /// Top-level entries that hold no tensors (DETRIS: `epoch`, `cur_iou`,
+    /// `best_iou`, `prec`); empty for flat state dicts and TorchScript files.
+    pub metadata: BTreeMap<String, Value>,
+}
+
+/// The model tensors of any supported weight file (see the module doc),
+/// with their stored dtypes (CLIP TorchScript stays f16).
+pub fn load_state_dict(path: &Path) -> Result<TensorMap> {
+    load_checkpoint(path).map(|c| c.tensors)
+}
+
+/// [`load_state_dict`] plus the checkpoint's non-tensor entries.
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let (root, mut storages, pickle_name) = match open(path)? {
+        Opened::Pickled { root, storages, pickle_name } => (root, storages, pickle_name),
+        Opened::Safetensors => {
+            let (tensors, _) = crate::safetensors_file::read(path)?;
+            return Ok(Checkpoint { tensors: strip_ddp_prefix(tensors, path)?, metadata: BTreeMap::new() });
+        }
+    };
+    let fail = |what: String| Error::invalid(path, format!("{pickle_name}: {what}"));
+    let checkpoint = if is_torchscript_module(&root) {
+        Checkpoint { tensors: torchscript_tensors(&root, storages.as_mut()).map_err(fail)?, metadata: BTreeMap::new() }
+    } else {
+        state_dict_checkpoint(&root, storages.as_mut()).map_err(fail)?
+    };
+    Ok(Checkpoint { tensors: strip_ddp_prefix(checkpoint.tensors, path)?, metadata: checkpoint.metadata })
+}
+
+/// The tensors of a TorchScript archive, named by attribute path
+/// (`transformer.resblocks.0.attn.in_proj_weight`); `widen_f16` converts f16
+/// tensors to f32 (exactly).
+pub fn load_torchscript(path: &Path, widen_f16: bool) -> Result<TensorMap> {
+    let Opened::Pickled { root, mut storages, pickle_name } = open(path)? else {
+        return Err(Error::invalid(path, "a safetensors file, not a TorchScript archive"));
+    };
+    if !is_torchscript_module(&root) {
+        return Err(Error::invalid(
+            path,
+            format!("{pickle_name} holds {}, not a TorchScript module: not a TorchScript archive", root.kind()),
+        ));
+    }
+    let tensors = torchscript_tensors(&root, storages.as_mut())
+        .map_err(|what| Error::invalid(path, format!("{pickle_name}: {what}")))?;
+    if !widen_f16 {
+        return Ok(tensors);
+    }
+    tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let t = widen_f16_to_f32(t).ok_or_else(|| Error::invalid(path, format!("tensor `{name}` could not be widened")))?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// f16 → f32, exactly (every f16 is an f32); other dtypes unchanged.
+/// `None` only if the tensor's byte count disagrees with its shape.
+pub fn widen_f16_to_f32(t: RawTensor) -> Option<RawTensor> {
+    if t.dtype != DType::F16 {
+        return Some(t);
+    }
+    let bytes: Vec<u8> = t
+        .bytes()
+        .chunks_exact(2)
+        .flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes())
+        .collect();
+    RawTensor::new(DType::F32, t.shape.clone(), Bytes::Owned(bytes))
+}
+
+enum Opened {
+    Pickled { root: Value, storages: Box<dyn Storages>, pickle_name: String },
+    Safetensors,
+}
+
+fn open(path: &Path) -> Result<Opened> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; as with every memory-mapped reader, the
+    // file must not be truncated by another process while it is in use.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let map = Arc::new(map);
+    let bytes: &[u8] = &map;
+    if zip_archive::looks_like_zip(bytes) {
+        let mut zip = zip_archive::TorchZip::open(map.clone()).map_err(|what| Error::invalid(path, what))?;
+        let pickle_name = zip.pickle_name();
+        let pkl = zip.pickle().map_err(|what| Error::invalid(path, what))?;
+        let root = pickle::parse(pkl.as_slice()).map_err(|e| in_entry(e, path, &pickle_name))?;
+        Ok(Opened::Pickled { root, storages: Box::new(zip), pickle_name })
+    } else if legacy::looks_like_pickle(bytes) {
+        let (root, file) = legacy::open(map.clone()).map_err(|what| Error::invalid(path, what))?;
+        Ok(Opened::Pickled { root, storages: Box::new(file), pickle_name: "legacy torch.save pickle".into() })
+    } else if bytes.get(8) == Some(&b'{') {
+        Ok(Opened::Safetensors)
+    } else if bytes.is_empty() {
+        Err(Error::invalid(path, "the file is empty, not a checkpoint"))
+    } else {
+        Err(Error::invalid(
+            path,
+            "not a weight file: neither a zip archive (torch.save, TorchScript), \
+             a legacy torch.save pickle, nor safetensors",
+        ))
+    }
+}
+
+fn in_entry(e: Error, path: &Path, entry: &str) -> Error {
+    match e {
+        Error::Input(what) => Error::invalid(path, format!("{entry}: {what}")),
+        other => other,
+    }
+}
+
+fn is_torchscript_module(v: &Value) -> bool {
+    matches!(v, Value::Object { callable, .. } if callable.module == "__torch__" || callable.module.starts_with("__torch__."))
+}
+
+/// A `torch.save`d dict: either a training checkpoint with a `state_dict`
+/// entry, or a flat name → tensor state dict.
+fn state_dict_checkpoint(root: &Value, storages: &mut dyn Storages) -> std::result::Result<Checkpoint, String> {
+    let entries = root.as_dict().ok_or_else(|| {
+        format!("holds {}, not a state dict (a dict of tensors, or a dict with a `state_dict` entry)", root.kind())
+    })?;
+    let mut metadata = BTreeMap::new();
+    let tensors = if let Some(state_dict) = root.get("state_dict") {
+        let pairs =
+            state_dict.as_dict().ok_or_else(|| format!("its `state_dict` entry is {}, not a dict", state_dict.kind()))?;
+        for (key, value) in entries {
+            if let Some(key) = key.as_str() {
+                if key != "state_dict" && !TRAINING_STATE.contains(&key) && !contains_tensor(value) {
+                    metadata.insert(key.to_string(), value.clone());
+                }
+            }
+        }
+        dict_tensors(pairs, storages)?
+    } else {
+        for (key, value) in entries {
+            if let Some(key) = key.as_str() {
+                if !contains_tensor(value) {
+                    metadata.insert(key.to_string(), value.clone());
+                }
+            }
+        }
+        dict_tensors(entries, storages)?
+    };
+    if tensors.is_empty() {
+        let keys: Vec<&str> = entries.iter().filter_map(|(k, _)| k.as_str()).take(10).collect();
+        return Err(format!(
+            "holds no tensors: expected a state dict (name → tensor) or a dict with a `state_dict` entry; \
+             its keys are {keys:?}"
+        ));
+    }
+    Ok(Checkpoint { tensors, metadata })
+}
+
+/// The tensor entries of a name → value dict (other values are skipped).
+fn dict_tensors(pairs: &[(Value, Value)], storages: &mut dyn Storages) -> std::result::Result<TensorMap, String> {
+    let mut out = TensorMap::new();
+    for (key, value) in pairs {
+        if !is_tensor(value) {
+            continue;
+        }
+        let name = key.as_str().ok_or_else(|| format!("a state-dict key is {}, not a string", key.kind()))?;
+        let tensor = rebuild::tensor(value, storages).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        if let Some(tensor) = tensor {
+            out.insert(name.to_string(), tensor);
+        }
+    }
+    Ok(out)
+}
+
+/// Tensors of a TorchScript module tree: attribute paths joined by dots.
+/// Non-tensor attributes (`training`, hooks, ...) are skipped, and so are
+/// CLIP's `input_resolution`, `context_length`, `vocab_size`.
+fn torchscript_tensors(root: &Value, storages: &mut dyn Storages) -> std::result::Result<TensorMap, String> {
+    let mut out = TensorMap::new();
+    walk_module(root, "", storages, &mut out)?;
+    for extra in CLIP_EXTRAS {
+        out.remove(extra);
+    }
+    if out.is_empty() {
+        return Err("the TorchScript module holds no tensors".into());
+    }
+    Ok(out)
+}
+
+fn walk_module(
+    module: &Value,
+    prefix: &str,
+    storages: &mut dyn Storages,
+    out: &mut TensorMap,
+) -> std::result::Result<(), String> {
+    let Value::Object { state: Some(state), .. } = module else { return Ok(()) };
+    let Some(attributes) = state.as_dict() else { return Ok(()) };
+    for (key, value) in attributes {
+        let Some(name) = key.as_str() else { continue };
+        let path = format!("{prefix}{name}");
+        if let Some(tensor) = rebuild::tensor(value, storages).map_err(|e| format!("tensor `{path}`: {e}"))? {
+            out.insert(path, tensor);
+        } else if is_torchscript_module(value) {
+            walk_module(value, &format!("{path}."), storages, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a leading `module.` (DDP) from every key that has one.
+fn strip_ddp_prefix(tensors: TensorMap, path: &Path) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (name, tensor) in tensors {
+        let stripped = name.strip_prefix(DDP_PREFIX).unwrap_or(&name).to_string();
+        if out.insert(stripped.clone(), tensor).is_some() {
+            return Err(Error::invalid(path, format!("two tensors are named `{stripped}` once `module.` is removed")));
+        }
+    }
+    Ok(out)
+}

@@ -1,1 +1,27 @@
-//! (being written)
+//! Images in and out of DETRIS, as the official code does it (spec §4.1, §4.2, §10):
+//!
+//! file → [`load_rgb`] (cv2.imread: EXIF orientation, alpha dropped, 8-bit RGB)
+//! → [`preprocess`] (letterbox `warpAffine` INTER_CUBIC with the CLIP-mean border, CLIP normalisation)
+//! → model → logits → [`postprocess`] (upsample, inverse warp, threshold 0.35)
+//! → [`mask_png`] / [`overlay`].
+//!
+//! The warps reproduce the float computation of the OpenCV that made the fixtures (see
+//! `warp.rs`): the letterboxed pixels are bit-identical to cv2's, the inverse warp agrees to 1e-6.
+
+mod decode;
+mod letterbox;
+mod postprocess;
+mod preprocess;
+mod render;
+mod upsample;
+mod warp;
+
+pub use decode::{decode_rgb, load_rgb, MAX_PIXELS, MAX_SIDE};
+pub use letterbox::Letterbox;
+pub use postprocess::{postprocess, unwarp_prob, PostPath, Prob, THRESHOLD};
+pub use preprocess::{normalize_clip, preprocess, warp_image, warp_mask, CLIP_MEAN, CLIP_STD};
+pub use render::{mask_png, overlay, read_mask_png, rgb_png, write_png_atomic};
+pub use upsample::{sigmoid, upsample_bicubic_align_corners, upsample_bilinear_align_corners};
+
+/// A decoded photo: 8-bit RGB, row-major HWC (`width × height × 3` bytes).
+pub type Rgb = image::RgbImage;
