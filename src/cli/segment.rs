@@ -64,7 +64,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
             eprintln!(
                 "warning: sentence {} is longer than the model's {word_len} tokens; it was cut to: {:?}",
                 i + 1,
-                detris_io::tokenizer::ClipTokenizer::global().decode(&r.token_ids)
+                detris_io::tokenizer::ClipTokenizer::global().decode(&r.token_ids).unwrap_or_default()
             );
         }
         let stem = a.out.join(format!("{:02}-{}", i + 1, slug(&r.sentence)));

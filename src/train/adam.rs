@@ -56,7 +56,8 @@ impl Adam {
                 let g = if grad_scale != 1.0 { g / grad_scale } else { g };
                 let _ = m.lerp_(&g, 1.0 - self.beta1);
                 // v·β₂ + (1-β₂)·g² ; p -= step_size · m / (√v/√bc₂ + ε)
-                let _ = v.mul_(self.beta2).addcmul_(&(&g * (1.0 - self.beta2)), &g);
+                let _ = v.g_mul_scalar_(self.beta2);
+                let _ = v.addcmul_(&(&g * (1.0 - self.beta2)), &g);
                 let denom = (v.sqrt() / bc2_sqrt) + self.eps;
                 let _ = p.addcdiv_(&(&*m * -step_size), &denom);
             }
