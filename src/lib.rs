@@ -4,7 +4,11 @@
 //! `detris_io::image` post-processing → masks.
 
 pub mod config;
+pub mod bench;
 pub mod model;
+pub mod segment;
+pub mod shipped;
+pub mod train;
 pub mod weights;
 
 pub use config::DetrisConfig;

@@ -8,7 +8,7 @@
 //! listed by name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use detris_io::tensor::{Bytes, DType, RawTensor, TensorMap};
@@ -278,5 +278,119 @@ pub fn check_finite(path: &Path, map: &TensorMap) -> Result<()> {
     if !bad.is_empty() {
         bail!("{}: weights contain NaN or infinity in {}", path.display(), bad.join(", "));
     }
+    Ok(())
+}
+
+/// Where the weights come from.
+#[derive(Clone, Debug, Default)]
+pub struct WeightFiles {
+    /// An official DETRIS `.pth` or a detris safetensors file (all weights,
+    /// or only the trainable ones when the backbones are given too).
+    pub checkpoint: Option<PathBuf>,
+    /// Pretrained DINOv2 `.pth` (flat state dict).
+    pub dinov2: Option<PathBuf>,
+    /// OpenAI CLIP TorchScript archive (`ViT-B-16.pt`).
+    pub clip: Option<PathBuf>,
+}
+
+/// How the config is chosen: `--config`, else `--variant`, else the file's
+/// own metadata, else the variant its shapes name; then the overrides.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigChoice {
+    pub config: Option<PathBuf>,
+    pub variant: Option<String>,
+    pub word_len: Option<usize>,
+    pub input_size: Option<usize>,
+}
+
+/// True when the file starts like a safetensors file (u64 header length, `{`).
+fn is_safetensors(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let n = f.read(&mut head).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(n == 9 && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().unwrap()) > 1)
+}
+
+/// Reads any supported weight file into plain tensors and metadata.
+pub fn read_weights(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>)> {
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    if is_safetensors(path)? {
+        let (map, meta) = detris_io::safetensors_file::read(path)?;
+        verify_checksum(path, &map, &meta)?;
+        Ok((map, meta))
+    } else {
+        Ok((detris_io::torch_file::load_state_dict(path)?, BTreeMap::new()))
+    }
+}
+
+/// Builds a model from weight files (see [`WeightFiles`], [`ConfigChoice`]),
+/// strictly: every variable must be filled, except the trainable ones when
+/// starting from the pretrained backbones alone (they keep the official init).
+pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Device) -> Result<Detris> {
+    let mut map = TensorMap::new();
+    let mut meta = BTreeMap::new();
+    let mut sources = Vec::new();
+    if let (Some(d), Some(c)) = (&files.dinov2, &files.clip) {
+        let dinov2 = read_weights(d)?.0;
+        let clip = detris_io::torch_file::load_torchscript(c, true)?;
+        map.extend(backbone_map(dinov2, clip));
+        sources.push(format!("{} + {}", d.display(), c.display()));
+    } else if files.dinov2.is_some() || files.clip.is_some() {
+        bail!("the pretrained backbones come as a pair: give both --dinov2 and --clip");
+    }
+    if let Some(ck) = &files.checkpoint {
+        let (m, md) = read_weights(ck)?;
+        check_finite(ck, &m)?;
+        map.extend(m);
+        meta = md;
+        sources.push(ck.display().to_string());
+    }
+    if sources.is_empty() {
+        bail!("no weights given: pass --checkpoint (official .pth or detris .safetensors), or --dinov2 and --clip");
+    }
+    let source = sources.join(" + ");
+
+    let mut cfg = if let Some(path) = &choice.config {
+        DetrisConfig::from_json_file(path)?
+    } else if let Some(v) = &choice.variant {
+        DetrisConfig::variant(v)?
+    } else if let Some(c) = config_from_metadata(&meta)? {
+        c
+    } else {
+        detect_variant(&map).with_context(|| source.clone())?
+    };
+    if let Some(l) = choice.word_len {
+        cfg.word_len = l;
+    }
+    if let Some(s) = choice.input_size {
+        cfg.input_size = s;
+    }
+    cfg.validate()?;
+    let mismatch = shape_mismatch(&cfg, &map);
+    if !mismatch.is_empty() {
+        let hint = detect_variant(&map).map(|v| format!(" (the shapes are those of {})", v.name)).unwrap_or_default();
+        bail!("{source}: these weights do not fit config `{}`{hint}:\n  {}", cfg.name, mismatch.join("\n  "));
+    }
+    let model = Detris::new(cfg, device)?;
+    let mut report = load_map(&model, &map, true)?;
+    if files.checkpoint.is_none() {
+        // Backbones only: the trainable parts keep their official initialisation.
+        let vars = model.vs.variables();
+        report.missing.retain(|k| !(vars[k].requires_grad() || k.contains("running_")));
+    }
+    report.check(&source)?;
+    Ok(model)
+}
+
+/// Writes a detris safetensors file (all weights, or only the trainable ones
+/// and BatchNorm statistics) with the full config and a checksum in its
+/// metadata, atomically.
+pub fn save_model(model: &Detris, path: &Path, trainable_only: bool) -> Result<()> {
+    let map = state_dict(model, trainable_only)?;
+    let meta = metadata_for(&map, &model.config)?;
+    detris_io::safetensors_file::write(path, &map, &meta)?;
     Ok(())
 }

@@ -24,6 +24,12 @@ pub struct Detris {
     pub proj: Projector,
 }
 
+impl std::fmt::Debug for Detris {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Detris({}, {:?}, {:?})", self.config.name, self.device(), self.kind())
+    }
+}
+
 impl Detris {
     /// Builds the model with freshly initialised trainable parts (official
     /// init) and zeroed frozen backbones, to be filled by `weights`.

@@ -1,0 +1,62 @@
+//! The options every command that loads a model shares.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use detris::weights::{self, ConfigChoice, WeightFiles};
+use detris::Detris;
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Weights: an official DETRIS .pth or a detris .safetensors file
+    /// (default: the model that ships with detris).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Pretrained DINOv2 .pth (with --clip: start from the backbones).
+    #[arg(long)]
+    pub dinov2: Option<PathBuf>,
+    /// OpenAI CLIP TorchScript archive (ViT-B-16.pt).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// A config JSON (detris or fixture format) for what the shapes cannot tell.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A named variant: detris-b, detris-l, detris-l-mixed.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Override the word length (17; 22 for RefCOCOg-umd models).
+    #[arg(long)]
+    pub word_len: Option<usize>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// CPU threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Detris> {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let device = detris::bench::parse_device(&self.device).map_err(|e| super::usage(e.to_string()))?;
+        if let Some(v) = &self.variant {
+            detris::DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?;
+        }
+        let checkpoint = match (&self.checkpoint, &self.dinov2) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(detris::shipped::default_checkpoint()?),
+        };
+        let files = WeightFiles { checkpoint, dinov2: self.dinov2.clone(), clip: self.clip.clone() };
+        let choice = ConfigChoice {
+            config: self.config.clone(),
+            variant: self.variant.clone(),
+            word_len: self.word_len,
+            input_size: None,
+        };
+        weights::load_model(&files, &choice, device)
+    }
+}

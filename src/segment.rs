@@ -1,0 +1,134 @@
+//! Photo + sentences → masks at the photo's size. Shared by `detris segment`,
+//! `detris serve` and the tests, so that they give identical pixels.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use detris_io::image::{self, Letterbox, PostPath, Rgb};
+use detris_io::tokenizer::ClipTokenizer;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::model::{Ctx, Detris};
+
+/// Smallest photo side accepted: below it the letterbox has nothing to show.
+pub const MIN_SIDE: u32 = 8;
+
+/// One sentence's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct SentenceMask {
+    pub sentence: String,
+    /// The padded token ids the model saw (length = word length).
+    pub token_ids: Vec<i64>,
+    /// True when the sentence had more tokens than the word length.
+    pub truncated: bool,
+    pub width: usize,
+    pub height: usize,
+    /// Foreground pixels of the mask.
+    pub area: usize,
+    /// Mean probability over the mask's pixels (0 for an empty mask).
+    pub mean_probability: f32,
+    #[serde(skip)]
+    pub mask: Vec<bool>,
+    pub timings_ms: Timings,
+}
+
+/// Milliseconds per stage; the shared stages are counted for every sentence.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub preprocess: f64,
+    pub forward: f64,
+    pub postprocess: f64,
+}
+
+pub struct Segmenter {
+    pub model: Detris,
+    /// `Test` (test.py: sigmoid, bicubic) or `Demo` (demo.py: bilinear logits).
+    pub post: PostPath,
+}
+
+/// Checks a sentence before it reaches the tokenizer.
+pub fn check_sentence(s: &str) -> Result<()> {
+    if s.trim().is_empty() {
+        bail!("empty sentence: say which object to segment, e.g. \"the cup on the left\"");
+    }
+    Ok(())
+}
+
+impl Segmenter {
+    pub fn new(model: Detris) -> Segmenter {
+        Segmenter { model, post: PostPath::Test }
+    }
+
+    /// Tokenises one sentence to the model's word length.
+    pub fn tokenize(&self, sentence: &str) -> Result<detris_io::tokenizer::Tokens> {
+        check_sentence(sentence)?;
+        Ok(ClipTokenizer::global().tokenize(sentence, self.model.config.word_len)?)
+    }
+
+    /// Segments every sentence on one photo. The text-independent part of
+    /// the image encoder runs once and the sentences run as one batch.
+    pub fn segment(&self, photo: &Rgb, sentences: &[String]) -> Result<Vec<SentenceMask>> {
+        if sentences.is_empty() {
+            bail!("no sentence given");
+        }
+        let (w, h) = photo.dimensions();
+        if w < MIN_SIDE || h < MIN_SIDE {
+            bail!("the image is {w}×{h} pixels; detris needs at least {MIN_SIDE} pixels on each side");
+        }
+        let tokens = sentences.iter().map(|s| self.tokenize(s)).collect::<Result<Vec<_>>>()?;
+        let cfg = &self.model.config;
+        let t0 = Instant::now();
+        let (chw, letterbox) = image::preprocess(photo, cfg.input_size);
+        let t1 = Instant::now();
+        let logits = self.forward(&chw, &tokens.iter().map(|t| t.ids.clone()).collect::<Vec<_>>())?;
+        let t2 = Instant::now();
+        let k = sentences.len();
+        let mut out = Vec::with_capacity(k);
+        for (i, (sentence, tok)) in sentences.iter().zip(tokens).enumerate() {
+            let t3 = Instant::now();
+            let prob = self.postprocess(&logits, i, &letterbox)?;
+            let area = prob.mask.iter().filter(|&&m| m).count();
+            let mean_probability = prob.mean_prob();
+            out.push(SentenceMask {
+                sentence: sentence.clone(),
+                token_ids: tok.ids,
+                truncated: tok.truncated,
+                width: prob.width,
+                height: prob.height,
+                area,
+                mean_probability,
+                mask: prob.mask,
+                timings_ms: Timings {
+                    preprocess: ms(t1 - t0),
+                    forward: ms(t2 - t1) / k as f64,
+                    postprocess: ms(t3.elapsed()),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// chw (3·S·S) and K id rows → logits (K, 1, h, w) on the CPU, f32.
+    pub fn forward(&self, chw: &[f32], ids: &[Vec<i64>]) -> Result<Tensor> {
+        let s = self.model.config.input_size as i64;
+        let device = self.model.device();
+        let img = Tensor::from_slice(chw).view([1, 3, s, s]).to_device(device).to_kind(self.model.kind());
+        let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_slice(&flat).view([ids.len() as i64, -1]).to_device(device);
+        let logits = tch::no_grad(|| self.model.forward_sentences(&img, &ids, &Ctx::eval()));
+        Ok(logits.to_device(tch::Device::Cpu).to_kind(Kind::Float))
+    }
+
+    /// Sentence i's logits back to the photo: the official post-processing.
+    pub fn postprocess(&self, logits: &Tensor, i: usize, lb: &Letterbox) -> Result<image::Prob> {
+        let one = logits.get(i as i64).squeeze_dim(0).contiguous();
+        let (lh, lw) = one.size2()?;
+        let values: Vec<f32> = Vec::<f32>::try_from(&one.flatten(0, -1))?;
+        Ok(image::postprocess(&values, lh as usize, lw as usize, lb, self.post)?)
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

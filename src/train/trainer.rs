@@ -1,0 +1,287 @@
+//! The training loop, top to bottom (spec §9): Adam, MultiStepLR stepped per
+//! epoch, BCE-with-logits on the nearest-downsampled soft mask, train-mode
+//! BatchNorm and dropout; each epoch a validation mIoU, an atomic `last`
+//! checkpoint and `best` by validation mIoU; `--resume` continues exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::adam::Adam;
+use super::checkpoint::{self, TrainState};
+use super::data::{self, DataSpec};
+use crate::model::{Ctx, Detris};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub data: DataSpec,
+    pub epochs: usize,
+    /// Epochs after which the lr is multiplied by `lr_decay` (MultiStepLR).
+    pub milestones: Vec<usize>,
+    pub base_lr: f64,
+    pub lr_decay: f64,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// `f32`, or on CUDA `bf16` / `f16` autocast (f16 with loss scaling).
+    pub precision: String,
+    /// Stop after this many optimizer steps in total (tests, quick runs).
+    pub max_steps: Option<u64>,
+    /// Also write `last` every this many steps (so a kill loses little).
+    pub save_every: Option<u64>,
+    /// Train the backbones too (the first stage of the shipped model); the
+    /// official recipe freezes them.
+    pub train_backbones: bool,
+    /// Validate on at most this many refs (0 = all).
+    pub val_limit: usize,
+    pub workers: usize,
+}
+
+/// `lr` of epoch `e` (0-based): base · decay^(milestones ≤ e), as
+/// `MultiStepLR.step(epoch)` gives it in the official loop.
+pub fn lr_at(opts: &TrainOptions, epoch: usize) -> f64 {
+    let passed = opts.milestones.iter().filter(|&&m| m <= epoch).count();
+    opts.base_lr * opts.lr_decay.powi(passed as i32)
+}
+
+pub struct Trainer {
+    pub model: Detris,
+    pub opt: Adam,
+    pub state: TrainState,
+    pub opts: TrainOptions,
+    pub out: PathBuf,
+}
+
+impl Trainer {
+    pub fn new(mut model: Detris, opts: TrainOptions, out: &Path) -> Result<Trainer> {
+        if opts.train_backbones {
+            model.vs.unfreeze();
+            // BatchNorm running statistics stay buffers.
+            for (name, v) in model.vs.variables() {
+                if name.contains("running_") {
+                    let _ = v.set_requires_grad(false);
+                }
+            }
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
+        let trainable: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        let opt = Adam::new(trainable, opts.base_lr);
+        let state = TrainState { options: serde_json::to_value(&opts)?, ..Default::default() };
+        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf() })
+    }
+
+    pub fn last_path(&self) -> PathBuf {
+        self.out.join("last.safetensors")
+    }
+    pub fn best_path(&self) -> PathBuf {
+        self.out.join("best.safetensors")
+    }
+
+    /// Continues from a checkpoint written by [`Trainer::save`].
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let state = checkpoint::load(path, &self.model, &mut self.opt)?;
+        let mut then: TrainOptions = serde_json::from_value(state.options.clone())
+            .with_context(|| format!("{}: the checkpoint's options are unreadable", path.display()))?;
+        // Only the stopping point may change on resume.
+        then.max_steps = self.opts.max_steps;
+        then.epochs = self.opts.epochs;
+        if serde_json::to_value(&then)? != serde_json::to_value(&self.opts)? {
+            bail!(
+                "{}: --resume with different training options than the checkpoint's; they were:\n{}",
+                path.display(),
+                serde_json::to_string_pretty(&state.options)?
+            );
+        }
+        self.state = state;
+        self.state.options = serde_json::to_value(&self.opts)?;
+        Ok(())
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        checkpoint::save(path, &self.model, &self.opt, &self.state, self.opts.train_backbones)
+    }
+
+    /// Runs until `epochs` (or `max_steps`) is reached.
+    pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let device = self.model.device();
+        let train = data::TrainData::open(&self.opts.data, &self.model.config, self.opts.seed, self.opts.workers)?;
+        let per_epoch = train.batches_per_epoch(self.opts.batch_size);
+        if per_epoch == 0 {
+            bail!("the training split has fewer refs ({}) than one batch ({})", train.len(), self.opts.batch_size);
+        }
+        let metrics_path = self.out.join("metrics.jsonl");
+        let amp = match (self.opts.precision.as_str(), device) {
+            ("f32", _) => None,
+            ("bf16", Device::Cuda(_)) => Some(Kind::BFloat16),
+            ("f16", Device::Cuda(_)) => Some(Kind::Half),
+            (p, d) => bail!("--precision {p} is not available on {d:?} (f32 on CPU; f32, bf16 or f16 on CUDA)"),
+        };
+        let mut scaler = GradScaler::new(amp == Some(Kind::Half));
+        log(&format!(
+            "training {} on {} ({} refs, {per_epoch} batches of {} per epoch), best checkpoint chosen on `{}`",
+            self.model.config.name,
+            self.opts.data.describe(),
+            train.len(),
+            self.opts.batch_size,
+            self.opts.data.val_split
+        ));
+        while self.state.epoch < self.opts.epochs {
+            let epoch = self.state.epoch;
+            self.opt.lr = lr_at(&self.opts, epoch);
+            let bar = progress_bar(per_epoch as u64, epoch, self.opts.epochs);
+            bar.set_position(self.state.batch_in_epoch as u64);
+            let started = Instant::now();
+            let mut loss_sum = 0.0;
+            let mut loss_n = 0usize;
+            for batch in train.epoch(epoch, self.opts.batch_size, self.state.batch_in_epoch) {
+                if self.opts.max_steps.is_some_and(|m| self.state.global_step >= m) {
+                    break;
+                }
+                let batch = batch?;
+                // Dropout randomness from (seed, step): a resumed run draws the same.
+                tch::manual_seed((self.opts.seed as i64) ^ (self.state.global_step as i64).wrapping_mul(0x9E37_79B9));
+                let loss = self.step(&batch.to_device(device), amp, &mut scaler)?;
+                if !loss.is_finite() {
+                    bail!(
+                        "the loss became {loss} at epoch {} step {}: stopped; the last good checkpoint is {}",
+                        epoch + 1,
+                        self.state.global_step,
+                        self.last_path().display()
+                    );
+                }
+                loss_sum += loss;
+                loss_n += 1;
+                self.state.batch_in_epoch += 1;
+                self.state.global_step += 1;
+                bar.inc(1);
+                let rate = loss_n as f64 / started.elapsed().as_secs_f64();
+                bar.set_message(format!("loss {loss:.4} lr {:.1e} {rate:.2} it/s", self.opt.lr));
+                if self.opts.save_every.is_some_and(|n| self.state.global_step % n == 0) {
+                    self.save(&self.last_path())?;
+                }
+            }
+            bar.finish_and_clear();
+            let finished_epoch = self.state.batch_in_epoch >= per_epoch;
+            if !finished_epoch {
+                // Stopped by max_steps inside the epoch: keep the position.
+                self.save(&self.last_path())?;
+                log(&format!("stopped at step {} (epoch {}, batch {})", self.state.global_step, epoch + 1, self.state.batch_in_epoch));
+                return Ok(());
+            }
+            let val = crate::eval::validate(&self.model, &self.opts.data, self.opts.val_limit, self.opts.workers)?;
+            let mean_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
+            let record = serde_json::json!({
+                "epoch": epoch + 1, "step": self.state.global_step, "lr": self.opt.lr,
+                "train_loss": mean_loss, "val_split": self.opts.data.val_split,
+                "val_miou": val.miou, "val_oiou": val.oiou, "seconds": started.elapsed().as_secs_f64(),
+            });
+            self.state.history.push(record.clone());
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+            writeln!(f, "{record}")?;
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+            let improved = self.state.best_miou.is_none_or(|b| val.miou >= b);
+            if improved {
+                self.state.best_miou = Some(val.miou);
+                self.state.best_epoch = Some(epoch + 1);
+            }
+            self.save(&self.last_path())?;
+            if improved {
+                // Write `best` as its own atomic file (no partial copies).
+                self.save(&self.best_path())?;
+            }
+            log(&format!(
+                "epoch {}/{}: loss {mean_loss:.4}, lr {:.1e}, {} mIoU {:.4} oIoU {:.4}{}",
+                epoch + 1,
+                self.opts.epochs,
+                self.opt.lr,
+                self.opts.data.val_split,
+                val.miou,
+                val.oiou,
+                if improved { " (best)" } else { "" }
+            ));
+            super::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
+            if self.opts.max_steps.is_some_and(|m| self.state.global_step >= m) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on a batch; returns the loss.
+    fn step(&mut self, batch: &data::Batch, amp: Option<Kind>, scaler: &mut GradScaler) -> Result<f64> {
+        let ctx = Ctx { train: true, fast: true, trace: None };
+        self.opt.zero_grad();
+        let loss = match amp {
+            None => {
+                let logits = self.model.forward(&batch.img, &batch.ids, &ctx);
+                Detris::loss(&logits, &batch.target).0
+            }
+            Some(kind) => tch::autocast(true, || {
+                let _ = kind;
+                let logits = self.model.forward(&batch.img, &batch.ids, &ctx);
+                Detris::loss(&logits.to_kind(Kind::Float), &batch.target).0
+            }),
+        };
+        let value = loss.double_value(&[]);
+        (loss * scaler.scale).backward();
+        if scaler.enabled && !self.grads_finite() {
+            scaler.overflowed();
+            return Ok(value);
+        }
+        self.opt.step(scaler.scale);
+        scaler.stepped();
+        Ok(value)
+    }
+
+    fn grads_finite(&self) -> bool {
+        self.opt.params.iter().all(|(_, p, _, _)| {
+            let g = p.grad();
+            !g.defined() || g.isfinite().all().int64_value(&[]) == 1
+        })
+    }
+}
+
+/// Dynamic loss scaling as `torch.cuda.amp.GradScaler` (init 2^16, ×2 after
+/// 2000 good steps, ×0.5 and skip on overflow); a no-op when disabled.
+pub struct GradScaler {
+    pub enabled: bool,
+    pub scale: f64,
+    good_steps: u32,
+}
+
+impl GradScaler {
+    pub fn new(enabled: bool) -> GradScaler {
+        GradScaler { enabled, scale: if enabled { 65536.0 } else { 1.0 }, good_steps: 0 }
+    }
+    fn overflowed(&mut self) {
+        self.scale *= 0.5;
+        self.good_steps = 0;
+    }
+    fn stepped(&mut self) {
+        if self.enabled {
+            self.good_steps += 1;
+            if self.good_steps == 2000 {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        }
+    }
+}
+
+fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
