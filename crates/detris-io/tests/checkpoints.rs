@@ -18,9 +18,9 @@ fn tiny(name: &str) -> PathBuf {
     fixtures::path(&format!("tiny/{name}"))
 }
 
-/// A fresh folder for this test's files.
+/// A fresh folder for this test's files, inside the target directory.
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("detris-io-checkpoints-{}", std::process::id())).join(test);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("checkpoints").join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -248,7 +248,7 @@ fn gather(src: &[u8], start: usize, es: usize, size: &[usize], stride: &[usize],
                 break;
             }
             // Back to the start of this dimension (never steps past the view).
-            pos -= stride[dim] * es * index[dim];
+            pos -= index[dim] * stride[dim] * es;
             index[dim] = 0;
         }
     }
@@ -286,6 +286,9 @@ mod tests {
         // A scalar and an empty tensor.
         assert_eq!(values(&view(&b, &storage(12), 7, &[], &[]).unwrap()), [7]);
         assert_eq!(view(&b, &storage(12), 0, &[0, 4], &[4, 1]).unwrap().numel(), 0);
+        // A size-1 dim may carry any stride, even one that overflows if scaled.
+        let t = view(&b, &storage(12), 0, &[1, 3], &[usize::MAX, 2]).unwrap();
+        assert_eq!(values(&t), [0, 2, 4]);
         // Contiguous with size-1 dims of any stride.
         let t = view(&b, &storage(12), 2, &[1, 3, 1], &[99, 1, 7]).unwrap();
         assert_eq!(values(&t), [2, 3, 4]);
