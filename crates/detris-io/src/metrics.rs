@@ -102,11 +102,7 @@ impl Metrics {
         let thresholds = prec_thresholds();
         Summary {
             miou: per_sentence(self.iou_sum),
-            oiou: if self.union_sum == 0 {
-                0.0
-            } else {
-                self.intersection_sum as f64 / self.union_sum as f64
-            },
+            oiou: if self.union_sum == 0 { 0.0 } else { self.intersection_sum as f64 / self.union_sum as f64 },
             prec: std::array::from_fn(|i| (thresholds[i], per_sentence(self.above[i] as f64))),
             count: self.count,
         }

@@ -50,7 +50,7 @@ impl CountMask {
 
 /// Refuses empty and oversized frames; returns the pixel count.
 fn checked_pixels(height: usize, width: usize) -> Result<u64> {
-    let pixels = (height as u64).checked_mul(width as u64).unwrap_or(u64::MAX);
+    let pixels = (height as u64).saturating_mul(width as u64);
     if height == 0 || width == 0 || pixels > MAX_MASK_PIXELS {
         return Err(Error::input(format!(
             "mask size {height}x{width} is empty or larger than {MAX_MASK_PIXELS} pixels"
@@ -99,9 +99,8 @@ impl Rle {
             vy.push(y0);
         }
         // First pass of the C code: how many points the dense boundary has.
-        let steps: u64 = (0..k)
-            .map(|j| (vx[j] - vx[j + 1]).unsigned_abs().max((vy[j] - vy[j + 1]).unsigned_abs()) + 1)
-            .sum();
+        let steps: u64 =
+            (0..k).map(|j| (vx[j] - vx[j + 1]).unsigned_abs().max((vy[j] - vy[j + 1]).unsigned_abs()) + 1).sum();
         if steps > MAX_POLYGON_STEPS {
             return Err(Error::input(format!(
                 "polygon boundary upsamples to {steps} points (limit {MAX_POLYGON_STEPS}): coordinates far outside the {height}x{width} image"
@@ -390,10 +389,9 @@ pub fn rles_from_segmentation(seg: &Value, height: usize, width: usize) -> Resul
                     Rle::from_bbox(bbox, height, width)
                 })
                 .collect(),
-            Some(Value::Array(first)) if first.len() > 4 => items
-                .iter()
-                .map(|p| Rle::from_polygon(&numbers(p, "polygon")?, height, width))
-                .collect(),
+            Some(Value::Array(first)) if first.len() > 4 => {
+                items.iter().map(|p| Rle::from_polygon(&numbers(p, "polygon")?, height, width)).collect()
+            }
             Some(Value::Object(_)) => items.iter().map(rle_from_object).collect(),
             Some(Value::Number(_)) if items.len() == 4 => {
                 let n = numbers(seg, "box")?;
@@ -403,9 +401,7 @@ pub fn rles_from_segmentation(seg: &Value, height: usize, width: usize) -> Resul
             Some(Value::Number(_)) if items.len() > 4 => {
                 Ok(vec![Rle::from_polygon(&numbers(seg, "polygon")?, height, width)?])
             }
-            Some(_) => Err(Error::input(
-                "segmentation is neither polygons (more than 4 numbers), boxes nor RLE",
-            )),
+            Some(_) => Err(Error::input("segmentation is neither polygons (more than 4 numbers), boxes nor RLE")),
         },
         _ => Err(Error::input("segmentation is neither a list nor an RLE object")),
     }
@@ -413,10 +409,7 @@ pub fn rles_from_segmentation(seg: &Value, height: usize, width: usize) -> Resul
 
 fn numbers(v: &Value, what: &str) -> Result<Vec<f64>> {
     let items = v.as_array().ok_or_else(|| Error::input(format!("{what} is not a list of numbers")))?;
-    items
-        .iter()
-        .map(|n| n.as_f64().ok_or_else(|| Error::input(format!("{what} holds a non-number: {n}"))))
-        .collect()
+    items.iter().map(|n| n.as_f64().ok_or_else(|| Error::input(format!("{what} holds a non-number: {n}")))).collect()
 }
 
 /// `{size: [h, w], counts: [..] | "..."}` → RLE.
@@ -424,9 +417,7 @@ fn rle_from_object(v: &Value) -> Result<Rle> {
     let size = v.get("size").and_then(Value::as_array).map(|s| s.as_slice());
     let (height, width) = match size {
         Some([h, w]) => match (h.as_u64(), w.as_u64()) {
-            (Some(h), Some(w)) if h <= u32::MAX as u64 && w <= u32::MAX as u64 => {
-                (h as usize, w as usize)
-            }
+            (Some(h), Some(w)) if h <= u32::MAX as u64 && w <= u32::MAX as u64 => (h as usize, w as usize),
             _ => return Err(Error::input("RLE size is not two non-negative integers")),
         },
         _ => return Err(Error::input("RLE object lacks size [height, width]")),

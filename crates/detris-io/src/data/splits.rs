@@ -27,8 +27,20 @@ const REFCOCOG_SPLITS: &[&str] = &["train", "val", "test"];
 
 /// Every data set, in the order of the official tables.
 pub const DATASETS: [DatasetSpec; 4] = [
-    DatasetSpec { name: "refcoco", refer_dir: "refcoco", split_by: "unc", splits: UNC_SPLITS, prepare_splits: UNC_SPLITS },
-    DatasetSpec { name: "refcoco+", refer_dir: "refcoco+", split_by: "unc", splits: UNC_SPLITS, prepare_splits: UNC_SPLITS },
+    DatasetSpec {
+        name: "refcoco",
+        refer_dir: "refcoco",
+        split_by: "unc",
+        splits: UNC_SPLITS,
+        prepare_splits: UNC_SPLITS,
+    },
+    DatasetSpec {
+        name: "refcoco+",
+        refer_dir: "refcoco+",
+        split_by: "unc",
+        splits: UNC_SPLITS,
+        prepare_splits: UNC_SPLITS,
+    },
     DatasetSpec {
         name: "refcocog_u",
         refer_dir: "refcocog",
@@ -54,9 +66,10 @@ fn valid_names() -> String {
 
 /// The data set called `name` (prepared-layout name, e.g. `refcocog_u`).
 pub fn dataset(name: &str) -> Result<&'static DatasetSpec> {
-    DATASETS.iter().find(|d| d.name == name).ok_or_else(|| {
-        Error::input(format!("unknown data set '{name}'; valid: {}", valid_names()))
-    })
+    DATASETS
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| Error::input(format!("unknown data set '{name}'; valid: {}", valid_names())))
 }
 
 /// Checks that `split` exists in data set `name`.
@@ -65,10 +78,7 @@ pub fn check_split(name: &str, split: &str) -> Result<&'static DatasetSpec> {
     if spec.splits.contains(&split) {
         Ok(spec)
     } else {
-        Err(Error::input(format!(
-            "data set '{name}' has no split '{split}'; valid: {}",
-            spec.splits.join(", ")
-        )))
+        Err(Error::input(format!("data set '{name}' has no split '{split}'; valid: {}", spec.splits.join(", "))))
     }
 }
 
@@ -109,8 +119,7 @@ pub fn filter_mixed_train<T>(
     held_out_images: &HashSet<String>,
 ) -> (Vec<Sourced<T>>, usize) {
     let before = train.len();
-    let kept: Vec<Sourced<T>> =
-        train.into_iter().filter(|r| !held_out_images.contains(image_of(&r.item))).collect();
+    let kept: Vec<Sourced<T>> = train.into_iter().filter(|r| !held_out_images.contains(image_of(&r.item))).collect();
     let removed = before - kept.len();
     (kept, removed)
 }

@@ -16,10 +16,7 @@ fn size(case: &Value) -> (usize, usize) {
 
 /// The fixture's `mask_sum_rows`: one digit string per row.
 fn rows(mask: &CountMask) -> Vec<String> {
-    mask.counts
-        .chunks(mask.width)
-        .map(|row| row.iter().map(|&c| char::from(b'0' + c)).collect())
-        .collect()
+    mask.counts.chunks(mask.width).map(|row| row.iter().map(|&c| char::from(b'0' + c)).collect()).collect()
 }
 
 fn expected_rows(case: &Value) -> Vec<String> {
