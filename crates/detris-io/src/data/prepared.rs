@@ -14,10 +14,12 @@ use super::coco_mask::CountMask;
 use super::refer::{is_plain_name, Ref, Refer};
 use super::splits::{self, filter_mixed_train, Sourced, MIXED_SOURCES};
 use crate::error::{read_file, Error, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One expression of a prepared ref.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,12 +217,11 @@ pub fn prepare(refer_root: &Path, dataset: &str, split_by: Option<&str>, out_roo
         if !is_plain_name(split) {
             return Err(Error::invalid(refer.refs_path(), format!("split name {split:?} cannot name a file")));
         }
-        let mut records = Vec::new();
-        for r in refer.refs_in_split(split)? {
-            records.push(record_of(&refer, r)?);
-            write_mask_png(&mask_path(out_root, &name, r.ref_id), &refer.mask(r)?)?;
-            report.masks_written += 1;
-        }
+        let refs = refer.refs_in_split(split)?;
+        let records = refs.iter().map(|r| record_of(&refer, r)).collect::<Result<Vec<_>>>()?;
+        // Rasterising and PNG-encoding dominate (tens of thousands of refs): in parallel.
+        refs.par_iter().try_for_each(|r| write_mask_png(&mask_path(out_root, &name, r.ref_id), &refer.mask(r)?))?;
+        report.masks_written += refs.len();
         let sentences = records.iter().map(|r| r.sentences.len()).sum();
         write_split_json(&ann_path(out_root, &name, split), &records)?;
         report.splits.push((split.clone(), records.len(), sentences));
@@ -287,8 +288,10 @@ fn write_mask_png(path: &Path, mask: &CountMask) -> Result<()> {
 
 /// Write to a temporary sibling, then rename: no half-written file is left.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Unique per call: a ref id listed twice is written by two threads at once.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
+    tmp.push(format!(".tmp-{}-{}", std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)));
     let tmp = PathBuf::from(tmp);
     let written =
         std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| std::fs::rename(&tmp, path));

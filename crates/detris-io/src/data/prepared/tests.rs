@@ -121,3 +121,56 @@ fn python_json_format() {
     value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonJson)).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), r#"[{"a": 1, "s": "Caf\u00e9 \ud83d\ude00"}, 2]"#);
 }
+
+#[test]
+fn mixed_train_from_a_prepared_root() {
+    let root = TempDir::new("mixed");
+    let record = |id: i64, img: &str| RefRecord {
+        bbox: [0, 0, 1, 1],
+        cat: 0,
+        segment_id: id,
+        img_name: img.to_string(),
+        sentences: vec![Sentence { idx: 0, sent_id: id, sent: format!("thing {id}") }],
+    };
+    let write = |ds: &str, split: &str, records: Vec<RefRecord>| {
+        let path = ann_path(&root.0, ds, split);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec(&records).unwrap()).unwrap();
+    };
+    write("refcoco", "train", vec![record(1, "a.jpg"), record(2, "b.jpg")]);
+    write("refcoco", "val", vec![]);
+    write("refcoco", "testA", vec![]);
+    write("refcoco", "testB", vec![record(3, "e.jpg")]);
+    write("refcoco+", "train", vec![record(1, "e.jpg"), record(4, "f.jpg")]);
+    write("refcoco+", "val", vec![record(5, "b.jpg")]);
+    write("refcoco+", "testA", vec![]);
+    write("refcoco+", "testB", vec![]);
+    write("refcocog_u", "train", vec![record(6, "c.jpg"), record(7, "b.jpg")]);
+    write("refcocog_u", "val", vec![]);
+    write("refcocog_u", "test", vec![record(8, "c.jpg")]);
+    let (kept, removed) = read_mixed_train(&root.0).unwrap();
+    assert_eq!(removed, 4, "b twice, e once, c once");
+    let ids: Vec<(&str, i64)> = kept.iter().map(|r| (r.dataset, r.item.segment_id)).collect();
+    assert_eq!(ids, [("refcoco", 1), ("refcoco+", 4)]);
+}
+
+#[test]
+fn prepare_of_the_synthetic_refer_folder_matches_its_own_prepared_files() {
+    // The synthetic set stores exact masks as RLE, which `prepare` decodes too.
+    use crate::data::synth::{generate, ImageSize, SynthOptions, DATASET, SPLIT_BY};
+    let src = TempDir::new("synth-src");
+    let out = TempDir::new("synth-out");
+    let opts = SynthOptions { image_size: ImageSize::Fixed { width: 64, height: 80 }, ..SynthOptions::new(3, 10) };
+    generate(&src.0, &opts).unwrap();
+    let report = prepare(&src.0, DATASET, Some(SPLIT_BY), &out.0).unwrap();
+    assert!(report.masks_written > 0);
+    for (split, refs, _) in &report.splits {
+        let theirs = read_split(&src.0, DATASET, split).unwrap();
+        assert_eq!(&read_split(&out.0, DATASET, split).unwrap(), &theirs, "{split}");
+        assert_eq!(theirs.len(), *refs);
+        for r in &theirs {
+            let (a, b) = (mask_path(&src.0, DATASET, r.segment_id), mask_path(&out.0, DATASET, r.segment_id));
+            assert_eq!(decode_grey_png(&a), decode_grey_png(&b), "ref {}", r.segment_id);
+        }
+    }
+}
