@@ -12,6 +12,7 @@
 //! ChaCha8(seed, epoch) before any work starts, and every item is computed
 //! from its own inputs only, so batches are identical for any worker count.
 
+use super::prepared::{image_path, mask_path, read_split, RefRecord};
 use crate::error::{Error, Result};
 use crate::image::{load_rgb, preprocess, read_mask_png, warp_mask, Letterbox};
 use crate::tokenizer::{pad_mask, ClipTokenizer};
@@ -30,52 +31,27 @@ use std::thread::JoinHandle;
 pub struct LoaderRef {
     pub image: PathBuf,
     pub mask: PathBuf,
-    /// `segment_id` of the prepared JSON (a number, or `"<ds>_<id>"` in the mixed set).
+    /// Names the ref in reports: the prepared `segment_id` (the ref id).
     pub segment_id: String,
     pub sentences: Vec<String>,
 }
 
-/// Reads `root/anns/<dataset>/<split>.json` into loader refs, with the image
-/// under `root/images/train2014/` and the mask at `root/masks/<dataset>/<segment_id>.png`.
+impl LoaderRef {
+    /// The ref of a prepared record of `dataset` under `root`.
+    pub fn from_record(root: &Path, dataset: &str, record: &RefRecord) -> LoaderRef {
+        LoaderRef {
+            image: image_path(root, &record.img_name),
+            mask: mask_path(root, dataset, record.segment_id),
+            segment_id: record.segment_id.to_string(),
+            sentences: record.sentences.iter().map(|s| s.sent.clone()).collect(),
+        }
+    }
+}
+
+/// The refs of `root/anns/<dataset>/<split>.json` ([`read_split`]), with the
+/// image under `root/images/train2014/` and the mask at `root/masks/<dataset>/<segment_id>.png`.
 pub fn prepared_refs(root: &Path, dataset: &str, split: &str) -> Result<Vec<LoaderRef>> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        img_name: String,
-        segment_id: serde_json::Value,
-        sentences: Vec<Sentence>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Sentence {
-        sent: String,
-    }
-    let path = root.join("anns").join(dataset).join(format!("{split}.json"));
-    let bytes = crate::error::read_file(&path)?;
-    let entries: Vec<Entry> =
-        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(&path, format!("not a prepared split file: {e}")))?;
-    entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            let segment_id = match entry.segment_id {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                other => return Err(Error::invalid(&path, format!("entry {i}: segment_id {other} is not a number or string"))),
-            };
-            // The id names a file: keep it to one plain path component.
-            if segment_id.is_empty() || segment_id.contains(['/', '\\']) || segment_id.starts_with('.') {
-                return Err(Error::invalid(&path, format!("entry {i}: segment_id {segment_id:?} is not a file name")));
-            }
-            if entry.img_name.contains(['/', '\\']) || entry.img_name.starts_with('.') {
-                return Err(Error::invalid(&path, format!("entry {i}: img_name {:?} is not a file name", entry.img_name)));
-            }
-            Ok(LoaderRef {
-                image: root.join("images").join("train2014").join(&entry.img_name),
-                mask: root.join("masks").join(dataset).join(format!("{segment_id}.png")),
-                segment_id,
-                sentences: entry.sentences.into_iter().map(|s| s.sent).collect(),
-            })
-        })
-        .collect()
+    Ok(read_split(root, dataset, split)?.iter().map(|r| LoaderRef::from_record(root, dataset, r)).collect())
 }
 
 /// Which sentences an epoch uses.

@@ -79,7 +79,7 @@ fn training_takes_one_random_sentence_per_ref_and_drops_the_last_batch() {
     let root = synth_root();
     let refs = prepared_refs(root.path(), "synth", "train").unwrap();
     let n = refs.len();
-    assert!(n % 4 != 0, "the test wants a partial last batch ({n} refs)");
+    assert_ne!(n % 4, 0, "the test wants a partial last batch ({n} refs)");
     let loader = Loader::new(refs, Mode::Train, options(4, 1)).unwrap();
     let mut picks = BTreeSet::new();
     for epoch in 0..6 {
@@ -188,7 +188,7 @@ fn bad_prepared_files_and_options_are_refused() {
     assert!(error.contains("train.json"), "{error}");
     std::fs::write(
         dir.path().join("anns/x/train.json"),
-        r#"[{"img_name": "a.png", "segment_id": "../../etc", "sentences": []}]"#,
+        r#"[{"bbox": [0, 0, 1, 1], "cat": 0, "segment_id": 1, "img_name": "../a.png", "sentences": []}]"#,
     )
     .unwrap();
     assert!(prepared_refs(dir.path(), "x", "train").is_err());
