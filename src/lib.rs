@@ -7,6 +7,7 @@ pub mod config;
 pub mod bench;
 pub mod model;
 pub mod segment;
+pub mod serve;
 pub mod shipped;
 pub mod train;
 pub mod weights;

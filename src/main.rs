@@ -20,6 +20,11 @@ enum Command {
     Segment(cli::segment::SegmentArgs),
     /// Benchmark a variant with random weights: plain vs fast mode, seconds per image, peak memory.
     Bench(cli::bench::BenchArgs),
+    /// Serve a web page and a JSON API (POST /v1/segment) over one loaded model.
+    Serve(cli::serve::ServeArgs),
+    /// Load run: start the server on loopback, send N requests (some malformed), print latency and memory.
+    #[command(hide = true)]
+    ServeLoad(cli::serve::ServeLoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +32,8 @@ fn main() -> ExitCode {
     let result: Result<()> = match cli.command {
         Command::Segment(a) => cli::segment::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::ServeLoad(a) => cli::serve::run_load(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod model_args;
 pub mod segment;
+pub mod serve;
 
 /// Bad input from the user (exit 2) versus a failure while working (exit 1).
 #[derive(Debug)]
