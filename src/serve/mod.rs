@@ -217,6 +217,8 @@ where
         })
         .context("cannot start the worker thread")?;
     let info = ready_rx.recv().map_err(|_| anyhow!("the worker thread died while loading the model"))??;
+    // Load the CLIP vocabulary now rather than in the first request.
+    detris_io::tokenizer::ClipTokenizer::global().tokenize("warm up", info.word_len)?;
 
     let listener = std::net::TcpListener::bind(options.bind)
         .with_context(|| format!("cannot listen on {}", options.bind))?;
