@@ -180,7 +180,12 @@ impl Cdp {
 fn load_tiny() -> anyhow::Result<detris::Detris> {
     weights::load_model(
         &WeightFiles { checkpoint: Some(fixtures::path("tiny/detris_ckpt.pth")), dinov2: None, clip: None },
-        &ConfigChoice { config: Some(fixtures::path("tiny/config.json")), variant: None, word_len: None, input_size: None },
+        &ConfigChoice {
+            config: Some(fixtures::path("tiny/config.json")),
+            variant: None,
+            word_len: None,
+            input_size: None,
+        },
         tch::Device::Cpu,
     )
 }
@@ -193,7 +198,8 @@ fn page_segments_an_uploaded_photo_in_chromium() {
         );
         return;
     };
-    let options = ServeOptions { bind: SocketAddr::from(([127, 0, 0, 1], 0)), limits: Limits::default(), ..Default::default() };
+    let options =
+        ServeOptions { bind: SocketAddr::from(([127, 0, 0, 1], 0)), limits: Limits::default(), ..Default::default() };
     let server = serve::spawn(load_tiny, options).unwrap();
     let addr = server.addr();
     let photo_path = std::fs::canonicalize(fixtures::images_dir().join("coffee.png")).unwrap();
@@ -202,15 +208,20 @@ fn page_segments_an_uploaded_photo_in_chromium() {
     let mut cdp = Cdp::connect(&ws_url).unwrap();
     let target = cdp.call(None, "Target.createTarget", json!({ "url": format!("http://{addr}/") })).unwrap();
     let target_id = target["targetId"].as_str().unwrap().to_string();
-    let attached =
-        cdp.call(None, "Target.attachToTarget", json!({ "targetId": target_id, "flatten": true })).unwrap();
+    let attached = cdp.call(None, "Target.attachToTarget", json!({ "targetId": target_id, "flatten": true })).unwrap();
     let s = attached["sessionId"].as_str().unwrap().to_string();
     let s = s.as_str();
-    cdp.call(Some(s), "Emulation.setDeviceMetricsOverride", json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}))
+    cdp.call(
+        Some(s),
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .unwrap();
+    cdp.wait_for(s, "document.readyState === 'complete' && !!document.getElementById('go')", Duration::from_secs(30))
         .unwrap();
-    cdp.wait_for(s, "document.readyState === 'complete' && !!document.getElementById('go')", Duration::from_secs(30)).unwrap();
     // The model line comes from GET /v1/model.
-    cdp.wait_for(s, "document.getElementById('model').textContent.includes('112 px')", Duration::from_secs(10)).unwrap();
+    cdp.wait_for(s, "document.getElementById('model').textContent.includes('112 px')", Duration::from_secs(10))
+        .unwrap();
 
     // Pick the photo in the file input, as a person choosing a file does.
     let doc = cdp.call(Some(s), "DOM.getDocument", json!({})).unwrap();
@@ -222,8 +233,12 @@ fn page_segments_an_uploaded_photo_in_chromium() {
         json!({ "files": [photo_path.to_string_lossy()], "nodeId": input["nodeId"] }),
     )
     .unwrap();
-    cdp.wait_for(s, "!!document.querySelector('#drop img') && document.querySelector('#drop img').complete", Duration::from_secs(10))
-        .unwrap();
+    cdp.wait_for(
+        s,
+        "!!document.querySelector('#drop img') && document.querySelector('#drop img').complete",
+        Duration::from_secs(10),
+    )
+    .unwrap();
 
     // Type the sentence, then click the button with the mouse.
     cdp.eval(s, "document.getElementById('texts').focus()").unwrap();
@@ -273,8 +288,14 @@ fn page_segments_an_uploaded_photo_in_chromium() {
     let bytes = std::fs::read(&photo_path).unwrap();
     let (ct, body) = Form::new().file("image", "coffee.png", "image/png", &bytes).text("text", SENTENCE).finish();
     let api = client::request(addr, "POST", "/v1/segment", Some(&ct), &body).unwrap().json().unwrap();
-    assert_eq!(seen["src"].as_str().unwrap(), format!("data:image/png;base64,{}", api["results"][0]["overlay_png"].as_str().unwrap()));
-    assert_eq!(seen["mask"].as_str().unwrap(), format!("data:image/png;base64,{}", api["results"][0]["mask_png"].as_str().unwrap()));
+    assert_eq!(
+        seen["src"].as_str().unwrap(),
+        format!("data:image/png;base64,{}", api["results"][0]["overlay_png"].as_str().unwrap())
+    );
+    assert_eq!(
+        seen["mask"].as_str().unwrap(),
+        format!("data:image/png;base64,{}", api["results"][0]["mask_png"].as_str().unwrap())
+    );
 
     // Screenshot as a test artifact.
     let shot = cdp.call(Some(s), "Page.captureScreenshot", json!({ "format": "png" })).unwrap();

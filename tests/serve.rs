@@ -110,7 +110,9 @@ fn page_is_one_self_contained_file() {
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
     let html = r.text();
-    for needle in ["<input id=\"file\" type=\"file\"", "id=\"texts\"", "id=\"go\"", "/v1/segment", "<style>", "<script>"] {
+    for needle in
+        ["<input id=\"file\" type=\"file\"", "id=\"texts\"", "id=\"go\"", "/v1/segment", "<style>", "<script>"]
+    {
         assert!(html.contains(needle), "page lacks {needle}");
     }
     for external in ["src=\"http", "href=\"http", "<link", "url(http", "@import", "src=\"//"] {
@@ -150,7 +152,15 @@ fn healthz_model_and_openapi() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for l in ["max_body_bytes", "max_image_pixels", "max_sentences", "max_sentence_bytes", "max_sentence_tokens", "queue", "timeout_ms"] {
+    for l in [
+        "max_body_bytes",
+        "max_image_pixels",
+        "max_sentences",
+        "max_sentence_bytes",
+        "max_sentence_tokens",
+        "queue",
+        "timeout_ms",
+    ] {
         assert!(limits.contains(&l), "openapi.json does not name the limit {l}");
     }
 
@@ -163,7 +173,11 @@ fn healthz_model_and_openapi() {
 #[test]
 fn multipart_masks_equal_segmenter() {
     let bytes = coffee();
-    let texts = ["the cup on the table", "the spoon", "a very long referring expression about the small striped cup sitting next to the big red plate on the right"];
+    let texts = [
+        "the cup on the table",
+        "the spoon",
+        "a very long referring expression about the small striped cup sitting next to the big red plate on the right",
+    ];
     let (ct, body) = multipart(&bytes, &texts);
     let resp = ok(&post(shared(), &ct, &body));
 
@@ -260,7 +274,8 @@ fn malformed_input_is_4xx_with_a_json_error() {
     let addr = shared();
     let img = coffee();
     // Not an image.
-    let (ct, body) = Form::new().file("image", "notes.txt", "text/plain", b"hello, not a picture").text("text", "the cup").finish();
+    let (ct, body) =
+        Form::new().file("image", "notes.txt", "text/plain", b"hello, not a picture").text("text", "the cup").finish();
     assert_error(&post(addr, &ct, &body), 400, None);
     // A truncated PNG.
     let (ct, body) = multipart(&img[..2000], &["the cup"]);
@@ -282,7 +297,11 @@ fn malformed_input_is_4xx_with_a_json_error() {
     let (ct, body) = multipart(&img, &["the cup", "  \n "]);
     assert_error(&post(addr, &ct, &body), 400, None);
     // Two images, an unknown field.
-    let (ct, body) = Form::new().file("image", "a.png", "image/png", &img).file("image", "b.png", "image/png", &img).text("text", "x").finish();
+    let (ct, body) = Form::new()
+        .file("image", "a.png", "image/png", &img)
+        .file("image", "b.png", "image/png", &img)
+        .text("text", "x")
+        .finish();
     assert_error(&post(addr, &ct, &body), 400, None);
     let (ct, body) = Form::new().file("image", "a.png", "image/png", &img).text("txt", "the cup").finish();
     assert_error(&post(addr, &ct, &body), 400, None);
@@ -295,10 +314,18 @@ fn malformed_input_is_4xx_with_a_json_error() {
     assert_error(&post_json(addr, &serde_json::json!({"image": B64.encode(&img), "texts": "the cup"})), 400, None);
     assert_error(&post_json(addr, &serde_json::json!({"image": B64.encode(&img)})), 400, None);
     assert_error(&post_json(addr, &serde_json::json!({"texts": ["the cup"]})), 400, None);
-    assert_error(&post_json(addr, &serde_json::json!({"image": B64.encode(&img), "texts": ["x"], "extra": 1})), 400, None);
+    assert_error(
+        &post_json(addr, &serde_json::json!({"image": B64.encode(&img), "texts": ["x"], "extra": 1})),
+        400,
+        None,
+    );
     assert_error(&post_json(addr, &serde_json::json!({"image": B64.encode(&img), "texts": []})), 400, None);
     assert_error(&post_json(addr, &serde_json::json!({"image": "!!not base64!!", "texts": ["the cup"]})), 400, None);
-    assert_error(&post_json(addr, &serde_json::json!({"image": B64.encode(b"GIF89a....."), "texts": ["the cup"]})), 400, None);
+    assert_error(
+        &post_json(addr, &serde_json::json!({"image": B64.encode(b"GIF89a....."), "texts": ["the cup"]})),
+        400,
+        None,
+    );
     // Neither multipart nor JSON.
     assert_error(&post(addr, "text/plain", b"the cup"), 415, None);
     assert_error(&client::request(addr, "POST", "/v1/segment", None, b"").unwrap(), 415, None);
@@ -323,13 +350,22 @@ fn every_limit_is_a_4xx_that_names_it() {
     let big = std::fs::read(fixtures::images_dir().join("astronaut.png")).unwrap();
     let (ct, body) = multipart(&big, &["the person"]);
     assert_error(&post(addr, &ct, &body), 413, Some("max_body_bytes"));
-    assert_error(&post_json(addr, &serde_json::json!({"image": B64.encode(&big), "texts": ["a"]})), 413, Some("max_body_bytes"));
+    assert_error(
+        &post_json(addr, &serde_json::json!({"image": B64.encode(&big), "texts": ["a"]})),
+        413,
+        Some("max_body_bytes"),
+    );
     // Pixels: coffee.png is 600×400 = 240,000 pixels; a small one passes.
     let (ct, body) = multipart(&coffee(), &["the cup"]);
     let r = post(addr, &ct, &body);
     assert_error(&r, 413, Some("max_image_pixels"));
     assert!(r.json().unwrap()["error"].as_str().unwrap().contains("600×400"));
-    let small = detris_io::image::rgb_png(&image::imageops::thumbnail(&detris_io::image::decode_rgb(&coffee(), "c").unwrap(), 300, 200)).unwrap();
+    let small = detris_io::image::rgb_png(&image::imageops::thumbnail(
+        &detris_io::image::decode_rgb(&coffee(), "c").unwrap(),
+        300,
+        200,
+    ))
+    .unwrap();
     let (ct, body) = multipart(&small, &["the cup"]);
     assert_eq!(ok(&post(addr, &ct, &body)).width, 300);
     // Too small a photo.

@@ -252,7 +252,8 @@ async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<S
     if declared.is_some_and(|n| n > lim.max_body_bytes as u64) {
         return Err(too_big());
     }
-    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ctype =
+        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let (parts, body) = req.into_parts();
     let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -273,8 +274,9 @@ async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<S
             ),
         ));
     };
-    let (name, image_bytes) =
-        input.image.ok_or_else(|| ApiError::bad("no image: send the photo as the `image` field (JPEG, PNG or WebP)"))?;
+    let (name, image_bytes) = input
+        .image
+        .ok_or_else(|| ApiError::bad("no image: send the photo as the `image` field (JPEG, PNG or WebP)"))?;
     let texts = input.texts;
     let word_len = st.info.word_len;
     let token_counts = check_texts(&texts, lim, word_len)?;
@@ -347,7 +349,8 @@ async fn parse_multipart(req: Request, max_sentences: usize) -> Result<Input, Ap
         .await
         .map_err(|e| ApiError::bad(format!("malformed multipart body: {}", e.body_text())))?;
     let mut input = Input { image: None, texts: Vec::new() };
-    let malformed = |e: axum::extract::multipart::MultipartError| ApiError::bad(format!("malformed multipart body: {e}"));
+    let malformed =
+        |e: axum::extract::multipart::MultipartError| ApiError::bad(format!("malformed multipart body: {e}"));
     while let Some(field) = form.next_field().await.map_err(malformed)? {
         match field.name() {
             Some("image") => {
@@ -377,7 +380,9 @@ async fn parse_multipart(req: Request, max_sentences: usize) -> Result<Input, Ap
 
 fn parse_json(bytes: &[u8]) -> Result<Input, ApiError> {
     let req: SegmentJson = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad(format!("invalid JSON body ({e}): send {{\"image\": \"<base64 JPEG/PNG/WebP>\", \"texts\": [\"...\"]}}"))
+        ApiError::bad(format!(
+            "invalid JSON body ({e}): send {{\"image\": \"<base64 JPEG/PNG/WebP>\", \"texts\": [\"...\"]}}"
+        ))
     })?;
     let b64 = req.image.trim();
     let b64 = match b64.strip_prefix("data:") {
@@ -411,9 +416,8 @@ fn check_texts(texts: &[String], lim: &super::Limits, word_len: usize) -> Result
             ));
         }
         check_sentence(t).map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
-        let tokens = ClipTokenizer::global()
-            .tokenize(t, word_len)
-            .map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
+        let tokens =
+            ClipTokenizer::global().tokenize(t, word_len).map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
         if tokens.n_ids > lim.max_sentence_tokens {
             return Err(ApiError::limit(
                 StatusCode::BAD_REQUEST,

@@ -29,12 +29,19 @@ impl Response {
 }
 
 /// Sends one request and reads the whole response.
-pub fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<Response> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Response> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     // A server may answer (413, 503) and close before the whole body is sent:
     // a failed write is not the end, the answer may be waiting to be read.
-    let sent = stream.write_all(&head(addr, method, path, content_type, body.len())).and_then(|()| stream.write_all(body));
+    let sent =
+        stream.write_all(&head(addr, method, path, content_type, body.len())).and_then(|()| stream.write_all(body));
     match read_response(&mut stream) {
         Ok(r) => Ok(r),
         Err(e) => match sent {

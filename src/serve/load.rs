@@ -65,7 +65,10 @@ fn build(i: usize, o: &LoadOptions) -> (String, Vec<u8>, bool) {
     if o.malformed_every > 0 && i % o.malformed_every == o.malformed_every - 1 {
         let (ct, body) = match (i / o.malformed_every) % 4 {
             // Not an image.
-            0 => Form::new().file("image", "x.png", "image/png", b"this is not a picture").text("text", "the cup").finish(),
+            0 => Form::new()
+                .file("image", "x.png", "image/png", b"this is not a picture")
+                .text("text", "the cup")
+                .finish(),
             // Missing text.
             1 => Form::new().file("image", "photo.png", "image/png", &o.image).finish(),
             // Broken JSON.
@@ -121,7 +124,8 @@ pub fn run(addr: SocketAddr, o: &LoadOptions) -> Result<LoadReport> {
                 }
                 let (ct, body, malformed) = build(i, o);
                 let t = Instant::now();
-                let status = client::request(addr, "POST", "/v1/segment", Some(&ct), &body).map(|r| r.status).unwrap_or(0);
+                let status =
+                    client::request(addr, "POST", "/v1/segment", Some(&ct), &body).map(|r| r.status).unwrap_or(0);
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 results.lock().unwrap().push((status, ms, malformed));
             });

@@ -24,7 +24,7 @@ use detris_io::image::{PostPath, Rgb};
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::segment::{SentenceMask, Segmenter};
+use crate::segment::{Segmenter, SentenceMask};
 use crate::Detris;
 
 /// What one request may ask for. Each limit has a name that error bodies quote
@@ -220,8 +220,8 @@ where
     // Load the CLIP vocabulary now rather than in the first request.
     detris_io::tokenizer::ClipTokenizer::global().tokenize("warm up", info.word_len)?;
 
-    let listener = std::net::TcpListener::bind(options.bind)
-        .with_context(|| format!("cannot listen on {}", options.bind))?;
+    let listener =
+        std::net::TcpListener::bind(options.bind).with_context(|| format!("cannot listen on {}", options.bind))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
