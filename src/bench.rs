@@ -110,7 +110,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     let k = case.sentences as i64;
     let img = Tensor::randn([1, 3, s, s], (kind, device));
     // Sentences of realistic length: SOT, 8 words, EOT, padding.
-    let mut ids = Tensor::zeros([k, cfg.word_len as i64], (Kind::Int64, device));
+    let ids = Tensor::zeros([k, cfg.word_len as i64], (Kind::Int64, device));
     let _ = ids.narrow(1, 0, 1).fill_(cfg.sot);
     let _ = ids.narrow(1, 1, 8).copy_(&Tensor::randint_low(300, 40000, [k, 8], (Kind::Int64, device)));
     let _ = ids.narrow(1, 9, 1).fill_(cfg.eot);
