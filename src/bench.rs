@@ -57,8 +57,10 @@ pub fn peak_rss() -> u64 {
 /// the arithmetic is that of a real model, not of zeros).
 pub fn randomise(model: &Detris, seed: i64) {
     tch::manual_seed(seed);
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, v) in model.vs.variables() {
+        for (name, v) in vars {
             let mut v = v.shallow_clone();
             if name.contains("running_var") || name.ends_with("gamma") || name.contains("norm") {
                 let _ = v.uniform_(0.5, 1.5);

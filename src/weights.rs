@@ -408,8 +408,11 @@ pub fn save_model(model: &Detris, path: &Path, trainable_only: bool) -> Result<(
 /// at 1, biases 0, embeddings N(0, 0.02) (positions 0.01, as CLIP).
 pub fn init_backbones_randomly(model: &Detris, seed: u64) {
     tch::manual_seed(seed as i64);
+    // Name order: the variable map's own order differs between processes.
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, v) in model.vs.variables() {
+        for (name, v) in vars {
             if v.requires_grad() || name.contains("running_") {
                 continue;
             }
