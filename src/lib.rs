@@ -8,6 +8,7 @@ pub mod eval;
 pub mod bench;
 pub mod model;
 pub mod segment;
+pub mod serve;
 pub mod shipped;
 pub mod train;
 pub mod weights;

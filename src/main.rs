@@ -28,6 +28,11 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Benchmark a variant with random weights: plain vs fast mode, seconds per image, peak memory.
     Bench(cli::bench::BenchArgs),
+    /// Serve a web page and a JSON API (POST /v1/segment) over one loaded model.
+    Serve(cli::serve::ServeArgs),
+    /// Load run: start the server on loopback, send N requests (some malformed), print latency and memory.
+    #[command(hide = true)]
+    ServeLoad(cli::serve::ServeLoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,8 @@ fn main() -> ExitCode {
         Command::Data(a) => cli::data::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::ServeLoad(a) => cli::serve::run_load(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

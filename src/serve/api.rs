@@ -1,0 +1,449 @@
+//! The routes: `GET /`, `POST /v1/segment`, `GET /v1/model`, `GET /healthz`,
+//! `GET /openapi.json`; errors as `{"error": "...", "limit": "..."}`.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use detris_io::data::coco_mask::Rle;
+use detris_io::image::{self, Rgb};
+use detris_io::tokenizer::ClipTokenizer;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{AppState, Job};
+use crate::segment::{check_sentence, SentenceMask, Timings, MIN_SIDE};
+
+/// The page: one file, inline CSS and JS, no external assets.
+pub const PAGE: &str = include_str!("page.html");
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// Overlay colours, one per sentence (as `detris segment`).
+const PALETTE: [[u8; 3]; 6] =
+    [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255], [0, 220, 220]];
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.limits.timeout;
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/healthz", get(healthz))
+        .route("/v1/model", get(model))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/v1/segment", post(segment))
+        .fallback(|uri: Uri| async move { ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {uri}")) })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(timeout, log_and_timeout))
+        .with_state(state)
+}
+
+/// A 4xx/5xx answer: `{"error": "...", "limit": "..."}` (`limit` only when a limit was hit).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub limit: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), limit: None }
+    }
+    fn bad(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error)
+    }
+    fn limit(status: StatusCode, limit: &'static str, error: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), limit: Some(limit) }
+    }
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.error });
+        if let Some(l) = self.limit {
+            body["limit"] = json!(l);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// The request timeout, and one JSON log line per request on stderr.
+async fn log_and_timeout(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let resp = match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::limit(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_ms",
+            format!("the request took longer than the server's {} ms", timeout.as_millis()),
+        )
+        .into_response(),
+    };
+    let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    // One line per request, fields in a fixed order.
+    let line = format!(
+        r#"{{"ts":{ts:.3},"method":"{method}","path":{},"status":{},"latency_ms":{ms:.2}}}"#,
+        serde_json::Value::from(path),
+        resp.status().as_u16()
+    );
+    eprintln!("{line}");
+    resp
+}
+
+async fn healthz(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "uptime_s": st.started.elapsed().as_secs(),
+        "in_flight": st.limits.queue - st.permits.available_permits(),
+        "queue": st.limits.queue,
+    }))
+}
+
+async fn model(State(st): State<Arc<AppState>>) -> Json<super::ModelInfo> {
+    Json(st.info.clone())
+}
+
+/// The JSON form of `POST /v1/segment`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentJson {
+    /// The photo's bytes in base64 (a `data:image/...;base64,` prefix is allowed).
+    image: String,
+    texts: Vec<String>,
+}
+
+/// The answer of `POST /v1/segment`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SegmentResponse {
+    pub model: String,
+    pub width: usize,
+    pub height: usize,
+    pub timings_ms: RequestTimings,
+    pub results: Vec<SentenceResult>,
+}
+
+/// Milliseconds spent on the request, by stage.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RequestTimings {
+    /// Reading and parsing the body, checking the sentences, decoding the photo.
+    pub decode: f64,
+    /// Waiting for the worker.
+    pub queue: f64,
+    /// The model and its post-processing, all sentences.
+    pub inference: f64,
+    /// Mask and overlay PNGs, RLE.
+    pub encode: f64,
+    pub total: f64,
+}
+
+/// One sentence's mask.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SentenceResult {
+    pub sentence: String,
+    /// Foreground pixels.
+    pub area: usize,
+    /// `area` / (width × height).
+    pub area_fraction: f64,
+    /// Mean foreground probability (0 for an empty mask).
+    pub mean_probability: f32,
+    /// CLIP tokens of the sentence, SOT and EOT included, before the cut to the word length.
+    pub tokens: usize,
+    /// True when the sentence had more tokens than the model's word length and was cut.
+    pub truncated: bool,
+    /// The padded ids the model saw.
+    pub token_ids: Vec<i64>,
+    pub timings_ms: SentenceTimings,
+    /// The mask, PNG (8-bit grey, 0/255, the photo's size), base64.
+    pub mask_png: String,
+    /// The photo with the mask tinted and outlined, PNG, base64.
+    pub overlay_png: String,
+    /// COCO RLE as pycocotools `mask.encode` + the compressed counts string.
+    pub rle: RleJson,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SentenceTimings {
+    pub preprocess: f64,
+    pub forward: f64,
+    pub postprocess: f64,
+}
+
+impl From<&Timings> for SentenceTimings {
+    fn from(t: &Timings) -> SentenceTimings {
+        SentenceTimings { preprocess: t.preprocess, forward: t.forward, postprocess: t.postprocess }
+    }
+}
+
+/// `{"size": [height, width], "counts": "..."}`: column-major runs, background first.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RleJson {
+    pub size: [usize; 2],
+    pub counts: String,
+}
+
+/// pycocotools `mask.encode` of a row-major mask: runs down the columns,
+/// starting with background (a leading 0 run when pixel (0,0) is foreground).
+pub fn rle_encode(mask: &[bool], width: usize, height: usize) -> detris_io::Result<Rle> {
+    let mut counts = Vec::new();
+    let (mut current, mut run) = (false, 0u32);
+    for x in 0..width {
+        for y in 0..height {
+            let v = mask[y * width + x];
+            if v != current {
+                counts.push(run);
+                current = v;
+                run = 0;
+            }
+            run += 1;
+        }
+    }
+    counts.push(run);
+    Rle::new(height, width, counts)
+}
+
+/// A parsed request: the photo's bytes and name, the sentences.
+struct Input {
+    image: Option<(String, Bytes)>,
+    texts: Vec<String>,
+}
+
+async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<SegmentResponse>, ApiError> {
+    let t0 = Instant::now();
+    // Admission first: a full server answers at once, before reading any body.
+    let _permit = st.permits.try_acquire().map_err(|_| {
+        ApiError::limit(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue",
+            format!("the server is busy ({} requests in flight); retry in a moment", st.limits.queue),
+        )
+    })?;
+    let lim = &st.limits;
+    let too_big = || {
+        ApiError::limit(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "max_body_bytes",
+            format!("the request body is larger than {} bytes", lim.max_body_bytes),
+        )
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > lim.max_body_bytes as u64) {
+        return Err(too_big());
+    }
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let (parts, body) = req.into_parts();
+    let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_big()
+        } else {
+            ApiError::bad(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    let input = if ctype.starts_with("multipart/form-data") {
+        parse_multipart(Request::from_parts(parts, Body::from(bytes)), lim.max_sentences).await?
+    } else if ctype.starts_with("application/json") {
+        parse_json(&bytes)?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type `{ctype}`: send multipart/form-data (an `image` file and `text` fields) or application/json ({{\"image\": base64, \"texts\": [...]}})"
+            ),
+        ));
+    };
+    let (name, image_bytes) =
+        input.image.ok_or_else(|| ApiError::bad("no image: send the photo as the `image` field (JPEG, PNG or WebP)"))?;
+    let texts = input.texts;
+    let word_len = st.info.word_len;
+    let token_counts = check_texts(&texts, lim, word_len)?;
+
+    // The pixel limit from the header, before any pixel is decoded.
+    let dims = ::image::ImageReader::new(Cursor::new(&image_bytes[..]))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok());
+    if let Some((w, h)) = dims {
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > lim.max_image_pixels {
+            return Err(ApiError::limit(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "max_image_pixels",
+                format!("the image is {w}×{h} = {pixels} pixels; this server takes at most {}", lim.max_image_pixels),
+            ));
+        }
+    }
+    let photo = tokio::task::spawn_blocking(move || detris_io::image::decode_rgb(&image_bytes, &name))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let (w, h) = photo.dimensions();
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(ApiError::limit(
+            StatusCode::BAD_REQUEST,
+            "min_image_side",
+            format!("the image is {w}×{h} pixels; detris needs at least {MIN_SIDE} pixels on each side"),
+        ));
+    }
+    let photo = Arc::new(photo);
+    let t1 = Instant::now();
+
+    let (tx, rx) = oneshot::channel();
+    st.jobs.try_send(Job { photo: photo.clone(), sentences: texts, reply: tx }).map_err(|e| match e {
+        std::sync::mpsc::TrySendError::Full(_) => {
+            ApiError::limit(StatusCode::SERVICE_UNAVAILABLE, "queue", "the server is busy; retry in a moment")
+        }
+        std::sync::mpsc::TrySendError::Disconnected(_) => ApiError::internal("the model worker has stopped"),
+    })?;
+    let (started, result) = rx.await.map_err(|_| ApiError::internal("the model worker has stopped"))?;
+    let masks = result.map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let t2 = Instant::now();
+
+    let results = tokio::task::spawn_blocking(move || encode(&photo, &masks, &token_counts))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let t3 = Instant::now();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(Json(SegmentResponse {
+        model: st.info.variant.clone(),
+        width: w as usize,
+        height: h as usize,
+        timings_ms: RequestTimings {
+            decode: ms(t1 - t0),
+            queue: ms(started.saturating_duration_since(t1)),
+            inference: ms(t2.saturating_duration_since(started)),
+            encode: ms(t3 - t2),
+            total: ms(t3 - t0),
+        },
+        results,
+    }))
+}
+
+/// Fields `image` (one file) and `text` (one per sentence).
+async fn parse_multipart(req: Request, max_sentences: usize) -> Result<Input, ApiError> {
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::bad(format!("malformed multipart body: {}", e.body_text())))?;
+    let mut input = Input { image: None, texts: Vec::new() };
+    let malformed = |e: axum::extract::multipart::MultipartError| ApiError::bad(format!("malformed multipart body: {e}"));
+    while let Some(field) = form.next_field().await.map_err(malformed)? {
+        match field.name() {
+            Some("image") => {
+                if input.image.is_some() {
+                    return Err(ApiError::bad("more than one `image` field: send one photo per request"));
+                }
+                let name = field.file_name().unwrap_or("image").to_string();
+                input.image = Some((name, field.bytes().await.map_err(malformed)?));
+            }
+            Some("text") => {
+                if input.texts.len() == max_sentences {
+                    return Err(too_many_sentences(max_sentences));
+                }
+                let text = field.text().await.map_err(|e| ApiError::bad(format!("`text` field: {e}")))?;
+                input.texts.push(text);
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "unknown form field {:?}: send `image` (the photo) and one `text` per sentence",
+                    other.unwrap_or("")
+                )))
+            }
+        }
+    }
+    Ok(input)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Input, ApiError> {
+    let req: SegmentJson = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad(format!("invalid JSON body ({e}): send {{\"image\": \"<base64 JPEG/PNG/WebP>\", \"texts\": [\"...\"]}}"))
+    })?;
+    let b64 = req.image.trim();
+    let b64 = match b64.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map(|(_, data)| data).unwrap_or(""),
+        None => b64,
+    };
+    let image = B64.decode(b64).map_err(|e| ApiError::bad(format!("`image` is not valid base64: {e}")))?;
+    Ok(Input { image: Some(("image".into(), Bytes::from(image))), texts: req.texts })
+}
+
+fn too_many_sentences(max: usize) -> ApiError {
+    ApiError::limit(StatusCode::BAD_REQUEST, "max_sentences", format!("more than {max} sentences in one request"))
+}
+
+/// The sentence limits; returns each sentence's token count.
+fn check_texts(texts: &[String], lim: &super::Limits, word_len: usize) -> Result<Vec<usize>, ApiError> {
+    if texts.is_empty() {
+        return Err(ApiError::bad("no sentence: send one `text` field (or `texts` entry) per object to segment"));
+    }
+    if texts.len() > lim.max_sentences {
+        return Err(too_many_sentences(lim.max_sentences));
+    }
+    let mut counts = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        let n = i + 1;
+        if t.len() > lim.max_sentence_bytes {
+            return Err(ApiError::limit(
+                StatusCode::BAD_REQUEST,
+                "max_sentence_bytes",
+                format!("sentence {n} is {} bytes long; the limit is {}", t.len(), lim.max_sentence_bytes),
+            ));
+        }
+        check_sentence(t).map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
+        let tokens = ClipTokenizer::global()
+            .tokenize(t, word_len)
+            .map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
+        if tokens.n_ids > lim.max_sentence_tokens {
+            return Err(ApiError::limit(
+                StatusCode::BAD_REQUEST,
+                "max_sentence_tokens",
+                format!("sentence {n} has {} tokens; the limit is {}", tokens.n_ids, lim.max_sentence_tokens),
+            ));
+        }
+        counts.push(tokens.n_ids);
+    }
+    Ok(counts)
+}
+
+fn encode(photo: &Rgb, masks: &[SentenceMask], token_counts: &[usize]) -> anyhow::Result<Vec<SentenceResult>> {
+    let mut out = Vec::with_capacity(masks.len());
+    for (i, (m, &tokens)) in masks.iter().zip(token_counts).enumerate() {
+        let rle = rle_encode(&m.mask, m.width, m.height)?;
+        let overlay = image::overlay(photo, &m.mask, PALETTE[i % PALETTE.len()])?;
+        out.push(SentenceResult {
+            sentence: m.sentence.clone(),
+            area: m.area,
+            area_fraction: m.area as f64 / (m.width * m.height).max(1) as f64,
+            mean_probability: m.mean_probability,
+            tokens,
+            truncated: m.truncated,
+            token_ids: m.token_ids.clone(),
+            timings_ms: (&m.timings_ms).into(),
+            mask_png: B64.encode(image::mask_png(&m.mask, m.width, m.height)?),
+            overlay_png: B64.encode(image::rgb_png(&overlay)?),
+            rle: RleJson { size: [m.height, m.width], counts: rle.to_compressed() },
+        });
+    }
+    Ok(out)
+}
