@@ -66,6 +66,17 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     let mut seg = Segmenter::new(model);
     seg.post = post;
     let results = seg.segment(&photo, &a.texts)?;
+    if let Some(known) = &seg.model.known_token_ids {
+        for r in &results {
+            if r.token_ids.iter().any(|id| known.binary_search(id).is_err()) {
+                eprintln!(
+                    "warning: {:?} uses words this model never saw (it knows {} tokens: the synthetic data set's language); expect a poor mask",
+                    r.sentence,
+                    known.len()
+                );
+            }
+        }
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     for (i, r) in results.iter().enumerate() {
         if r.truncated {
