@@ -57,8 +57,10 @@ pub fn peak_rss() -> u64 {
 /// the arithmetic is that of a real model, not of zeros).
 pub fn randomise(model: &Detris, seed: i64) {
     tch::manual_seed(seed);
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, v) in model.vs.variables() {
+        for (name, v) in vars {
             let mut v = v.shallow_clone();
             if name.contains("running_var") || name.ends_with("gamma") || name.contains("norm") {
                 let _ = v.uniform_(0.5, 1.5);
@@ -110,7 +112,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     let k = case.sentences as i64;
     let img = Tensor::randn([1, 3, s, s], (kind, device));
     // Sentences of realistic length: SOT, 8 words, EOT, padding.
-    let mut ids = Tensor::zeros([k, cfg.word_len as i64], (Kind::Int64, device));
+    let ids = Tensor::zeros([k, cfg.word_len as i64], (Kind::Int64, device));
     let _ = ids.narrow(1, 0, 1).fill_(cfg.sot);
     let _ = ids.narrow(1, 1, 8).copy_(&Tensor::randint_low(300, 40000, [k, 8], (Kind::Int64, device)));
     let _ = ids.narrow(1, 9, 1).fill_(cfg.eot);

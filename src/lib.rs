@@ -4,6 +4,7 @@
 //! `detris_io::image` post-processing → masks.
 
 pub mod config;
+pub mod eval;
 pub mod bench;
 pub mod model;
 pub mod segment;

@@ -23,9 +23,11 @@ pub const META_CONFIG: &str = "detris.config";
 pub const META_CHECKSUM: &str = "detris.checksum";
 pub const FORMAT: &str = "detris";
 
-/// Keys the official state dict holds that the model does not need.
+/// Keys a weight file may hold that the model does not need: BatchNorm
+/// counters of the official state dict, optimizer moments of a detris
+/// training checkpoint.
 fn ignorable(name: &str) -> bool {
-    name.ends_with("num_batches_tracked")
+    name.ends_with("num_batches_tracked") || name.starts_with("adam.")
 }
 
 pub fn kind_of(dtype: DType) -> Result<Kind> {
@@ -158,7 +160,9 @@ pub fn backbone_map(dinov2: TensorMap, clip: TensorMap) -> TensorMap {
     }
     for (k, v) in clip {
         let image_tower = k.starts_with("visual.");
-        let extra = matches!(k.as_str(), "input_resolution" | "context_length" | "vocab_size");
+        // Real OpenAI files also carry these scalars, and each text block's
+        // causal `attn_mask` as a plain (non-state-dict) attribute.
+        let extra = matches!(k.as_str(), "input_resolution" | "context_length" | "vocab_size") || k.ends_with("attn_mask");
         if !image_tower && !extra {
             out.insert(format!("txt_backbone.{k}"), v.to_dtype(DType::F32));
         }
@@ -333,6 +337,7 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
     let mut map = TensorMap::new();
     let mut meta = BTreeMap::new();
     let mut sources = Vec::new();
+    let mut known_ids = None;
     if let (Some(d), Some(c)) = (&files.dinov2, &files.clip) {
         let dinov2 = read_weights(d)?.0;
         let clip = detris_io::torch_file::load_torchscript(c, true)?;
@@ -342,8 +347,10 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
         bail!("the pretrained backbones come as a pair: give both --dinov2 and --clip");
     }
     if let Some(ck) = &files.checkpoint {
-        let (m, md) = read_weights(ck)?;
+        let (mut m, md) = read_weights(ck)?;
         check_finite(ck, &m)?;
+        let vocab = m.get(TOKEN_EMBEDDING).map(|_| 0).and(config_from_metadata(&md)?.map(|c| c.vocab_size));
+        known_ids = expand_vocab(&mut m, vocab.unwrap_or(detris_io::tokenizer::VOCAB_SIZE))?;
         map.extend(m);
         meta = md;
         sources.push(ck.display().to_string());
@@ -374,7 +381,8 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
         let hint = detect_variant(&map).map(|v| format!(" (the shapes are those of {})", v.name)).unwrap_or_default();
         bail!("{source}: these weights do not fit config `{}`{hint}:\n  {}", cfg.name, mismatch.join("\n  "));
     }
-    let model = Detris::new(cfg, device)?;
+    let mut model = Detris::new(cfg, device)?;
+    model.known_token_ids = known_ids;
     let mut report = load_map(&model, &map, true)?;
     if files.checkpoint.is_none() {
         // Backbones only: the trainable parts keep their official initialisation.
@@ -393,4 +401,75 @@ pub fn save_model(model: &Detris, path: &Path, trainable_only: bool) -> Result<(
     let meta = metadata_for(&map, &model.config)?;
     detris_io::safetensors_file::write(path, &map, &meta)?;
     Ok(())
+}
+
+/// Gives the frozen backbones random values (a model trained from scratch,
+/// like the shipped synthetic one): N(0, 0.02) weights, LayerNorm/LayerScale
+/// at 1, biases 0, embeddings N(0, 0.02) (positions 0.01, as CLIP).
+pub fn init_backbones_randomly(model: &Detris, seed: u64) {
+    tch::manual_seed(seed as i64);
+    // Name order: the variable map's own order differs between processes.
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (name, v) in vars {
+            if v.requires_grad() || name.contains("running_") {
+                continue;
+            }
+            let mut v = v.shallow_clone();
+            let leaf = name.rsplit('.').next().unwrap_or("");
+            let is_norm = name.contains("norm") || name.contains("ln_");
+            if leaf == "gamma" || (is_norm && leaf == "weight") {
+                let _ = v.fill_(1.0);
+            } else if leaf == "bias" || leaf.ends_with("_bias") || name.ends_with("logit_scale") {
+                let _ = v.zero_();
+            } else if name.ends_with("positional_embedding") {
+                let _ = v.normal_(0.0, 0.01);
+            } else {
+                let _ = v.normal_(0.0, 0.02);
+            }
+        }
+    });
+}
+
+/// Name of the id list stored beside a pruned token embedding.
+pub const VOCAB_IDS: &str = "detris.vocab_ids";
+const TOKEN_EMBEDDING: &str = "txt_backbone.token_embedding.weight";
+
+/// Keeps only the token-embedding rows of `ids` (sorted), storing the ids
+/// beside them: a model trained on a small language ships without the other
+/// 49k rows.
+pub fn prune_vocab(map: &mut TensorMap, ids: &[i64]) -> Result<()> {
+    let emb = map.get(TOKEN_EMBEDDING).context("no token embedding to prune")?;
+    let full = to_tch(emb)?;
+    let idx = Tensor::from_slice(ids);
+    map.insert(TOKEN_EMBEDDING.into(), from_tch(&full.index_select(0, &idx))?);
+    map.insert(VOCAB_IDS.into(), from_tch(&idx)?);
+    Ok(())
+}
+
+/// Undoes [`prune_vocab`]: rows of ids the file does not hold are zero (a
+/// word the model never saw). Returns the ids the model knows, if pruned.
+pub fn expand_vocab(map: &mut TensorMap, vocab_size: usize) -> Result<Option<Vec<i64>>> {
+    let Some(ids) = map.remove(VOCAB_IDS) else { return Ok(None) };
+    let ids = ids.to_i64_vec();
+    let emb = map.get(TOKEN_EMBEDDING).context("a vocabulary id list without a token embedding")?;
+    if emb.shape.len() != 2 || emb.shape[0] != ids.len() || ids.iter().any(|&i| i < 0 || i as usize >= vocab_size) {
+        bail!("the pruned vocabulary does not match its embedding ({} ids, embedding {:?})", ids.len(), emb.shape);
+    }
+    let rows = to_tch(emb)?;
+    let full = Tensor::zeros([vocab_size as i64, rows.size()[1]], (rows.kind(), tch::Device::Cpu));
+    let full = full.index_copy(0, &Tensor::from_slice(&ids), &rows);
+    map.insert(TOKEN_EMBEDDING.into(), from_tch(&full)?);
+    Ok(Some(ids))
+}
+
+/// Every float tensor stored as f16 (halves the shipped file; the model
+/// widens on load).
+pub fn to_f16(map: &mut TensorMap) {
+    for t in map.values_mut() {
+        if t.dtype == DType::F32 || t.dtype == DType::F64 {
+            *t = t.to_dtype(DType::F16);
+        }
+    }
 }

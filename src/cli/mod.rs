@@ -2,9 +2,13 @@
 //! in the library modules.
 
 pub mod bench;
+pub mod data;
+pub mod eval;
+pub mod export;
 pub mod model_args;
 pub mod segment;
 pub mod serve;
+pub mod train;
 
 /// Bad input from the user (exit 2) versus a failure while working (exit 1).
 #[derive(Debug)]

@@ -53,11 +53,30 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         other => return Err(super::usage(format!("--post `{other}`: use test or demo"))),
     };
     let photo = image::load_rgb(&a.image).map_err(|e| super::usage(e.to_string()))?;
+    let (w, h) = photo.dimensions();
+    if w < detris::segment::MIN_SIDE || h < detris::segment::MIN_SIDE {
+        return Err(super::usage(format!(
+            "{}: the image is {w}×{h} pixels; detris needs at least {} pixels on each side",
+            a.image.display(),
+            detris::segment::MIN_SIDE
+        )));
+    }
     let model = a.model.load()?;
     let word_len = model.config.word_len;
     let mut seg = Segmenter::new(model);
     seg.post = post;
     let results = seg.segment(&photo, &a.texts)?;
+    if let Some(known) = &seg.model.known_token_ids {
+        for r in &results {
+            if r.token_ids.iter().any(|id| known.binary_search(id).is_err()) {
+                eprintln!(
+                    "warning: {:?} uses words this model never saw (it knows {} tokens: the synthetic data set's language); expect a poor mask",
+                    r.sentence,
+                    known.len()
+                );
+            }
+        }
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     for (i, r) in results.iter().enumerate() {
         if r.truncated {

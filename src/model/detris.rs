@@ -22,6 +22,8 @@ pub struct Detris {
     pub neck: Neck,
     pub decoder: Decoder,
     pub proj: Projector,
+    /// The token ids the weights know, when the file held a pruned vocabulary.
+    pub known_token_ids: Option<Vec<i64>>,
 }
 
 impl std::fmt::Debug for Detris {
@@ -42,7 +44,7 @@ impl Detris {
         let neck = Neck::new(&(&root / "neck"), &config);
         let decoder = Decoder::new(&(&root / "decoder"), &config);
         let proj = Projector::new(&(&root / "proj"), &config);
-        Ok(Detris { config, vs, text, dino, neck, decoder, proj })
+        Ok(Detris { config, vs, text, dino, neck, decoder, proj, known_token_ids: None })
     }
 
     pub fn device(&self) -> Device {

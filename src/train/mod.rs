@@ -2,3 +2,6 @@
 //! and projector train.
 
 pub mod adam;
+pub mod checkpoint;
+pub mod data;
+pub mod trainer;

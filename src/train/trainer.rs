@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 use super::adam::Adam;
 use super::checkpoint::{self, TrainState};
 use super::data::{self, DataSpec};
+use detris_io::data::loader::Mode;
 use crate::model::{Ctx, Detris};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,14 +57,11 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    pub fn new(mut model: Detris, opts: TrainOptions, out: &Path) -> Result<Trainer> {
+    pub fn new(model: Detris, opts: TrainOptions, out: &Path) -> Result<Trainer> {
         if opts.train_backbones {
-            model.vs.unfreeze();
-            // BatchNorm running statistics stay buffers.
+            // Every parameter trains; BatchNorm running statistics stay buffers.
             for (name, v) in model.vs.variables() {
-                if name.contains("running_") {
-                    let _ = v.set_requires_grad(false);
-                }
+                let _ = v.set_requires_grad(!name.contains("running_"));
             }
         }
         std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
@@ -107,8 +105,8 @@ impl Trainer {
     /// Runs until `epochs` (or `max_steps`) is reached.
     pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
         let device = self.model.device();
-        let train = data::TrainData::open(&self.opts.data, &self.model.config, self.opts.seed, self.opts.workers)?;
-        let per_epoch = train.batches_per_epoch(self.opts.batch_size);
+        let train = data::TrainData::open(&self.opts.data, &self.model.config, self.opts.seed, self.opts.workers, self.opts.batch_size)?;
+        let per_epoch = train.batches_per_epoch();
         if per_epoch == 0 {
             bail!("the training split has fewer refs ({}) than one batch ({})", train.len(), self.opts.batch_size);
         }
@@ -136,7 +134,7 @@ impl Trainer {
             let started = Instant::now();
             let mut loss_sum = 0.0;
             let mut loss_n = 0usize;
-            for batch in train.epoch(epoch, self.opts.batch_size, self.state.batch_in_epoch) {
+            for batch in train.epoch(epoch, self.state.batch_in_epoch) {
                 if self.opts.max_steps.is_some_and(|m| self.state.global_step >= m) {
                     break;
                 }
@@ -159,6 +157,16 @@ impl Trainer {
                 bar.inc(1);
                 let rate = loss_n as f64 / started.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {loss:.4} lr {:.1e} {rate:.2} it/s", self.opt.lr));
+                if bar.is_hidden() && self.state.global_step % 100 == 0 {
+                    log(&format!(
+                        "step {} (epoch {}, batch {}/{per_epoch}): loss {:.4} (mean {:.4}), {rate:.2} it/s",
+                        self.state.global_step,
+                        epoch + 1,
+                        self.state.batch_in_epoch,
+                        loss,
+                        loss_sum / loss_n as f64
+                    ));
+                }
                 if self.opts.save_every.is_some_and(|n| self.state.global_step % n == 0) {
                     self.save(&self.last_path())?;
                 }
@@ -171,7 +179,7 @@ impl Trainer {
                 log(&format!("stopped at step {} (epoch {}, batch {})", self.state.global_step, epoch + 1, self.state.batch_in_epoch));
                 return Ok(());
             }
-            let val = crate::eval::validate(&self.model, &self.opts.data, self.opts.val_limit, self.opts.workers)?;
+            let val = crate::eval::evaluate(&self.model, &self.opts.data, &self.opts.data.val_split, Mode::Val, self.opts.val_limit, self.opts.batch_size, self.opts.workers, None)?.summary;
             let mean_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
             let record = serde_json::json!({
                 "epoch": epoch + 1, "step": self.state.global_step, "lr": self.opt.lr,
@@ -203,7 +211,7 @@ impl Trainer {
                 val.oiou,
                 if improved { " (best)" } else { "" }
             ));
-            super::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
+            detris_io::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
             if self.opts.max_steps.is_some_and(|m| self.state.global_step >= m) {
                 break;
             }

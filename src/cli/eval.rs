@@ -1,0 +1,63 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use detris::eval::{evaluate, table};
+use detris::train::data::DataSpec;
+use detris_io::data::loader::Mode;
+
+use super::model_args::ModelArgs;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Root of the prepared layout (anns/, masks/, images/train2014/).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "refcoco")]
+    dataset: String,
+    /// Splits to evaluate, e.g. val,testA,testB.
+    #[arg(long, value_delimiter = ',', default_value = "val")]
+    split: Vec<String>,
+    /// Evaluate only the first N refs of each split (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Write the metrics here as JSON.
+    #[arg(long, default_value = "eval.json")]
+    json: PathBuf,
+    /// Write an overlay PNG of every prediction into this folder.
+    #[arg(long)]
+    overlays: Option<PathBuf>,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        return Err(super::usage("--batch-size must be at least 1"));
+    }
+    if !a.data.is_dir() {
+        return Err(super::usage(format!("--data {}: no such folder", a.data.display())));
+    }
+    let model = a.model.load()?;
+    let mut reports = Vec::new();
+    for split in &a.split {
+        let spec = DataSpec { root: a.data.clone(), dataset: a.dataset.clone(), train_split: String::new(), val_split: split.clone() };
+        let overlays = a.overlays.as_ref().map(|d| d.join(split));
+        let r = evaluate(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, overlays.as_deref())?;
+        if !r.resized_masks.is_empty() {
+            eprintln!(
+                "note: {} ground-truth masks had another size than their photo and were resized to it (as the maintainers advise)",
+                r.resized_masks.len()
+            );
+        }
+        reports.push(r);
+    }
+    print!("{}", table(&reports));
+    std::fs::write(&a.json, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", a.json.display()))?;
+    eprintln!("metrics written to {}", a.json.display());
+    Ok(())
+}

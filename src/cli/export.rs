@@ -1,0 +1,62 @@
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use detris::weights;
+use detris_io::tokenizer::{ClipTokenizer, EOT, SOT};
+
+use super::model_args::ModelArgs;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The detris safetensors file to write (config and checksum in its metadata).
+    #[arg(long)]
+    out: PathBuf,
+    /// Store the weights as f16 (half the size; widened exactly on load).
+    #[arg(long)]
+    f16: bool,
+    /// Keep only the token-embedding rows of the words in this prepared data
+    /// set (every anns/<dataset>/*.json under it).
+    #[arg(long)]
+    prune_vocab: Option<PathBuf>,
+}
+
+/// Token ids of every sentence of a prepared data set, plus padding, SOT, EOT.
+fn vocabulary(root: &std::path::Path, word_len: usize) -> Result<Vec<i64>> {
+    let mut ids: BTreeSet<i64> = [0, SOT, EOT].into();
+    let anns = root.join("anns");
+    for ds in std::fs::read_dir(&anns).with_context(|| format!("{}: no anns/ folder", anns.display()))? {
+        for split in std::fs::read_dir(ds?.path())? {
+            let path = split?.path();
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+            for r in v.as_array().into_iter().flatten() {
+                for s in r["sentences"].as_array().into_iter().flatten() {
+                    let text = s["sent"].as_str().unwrap_or_default();
+                    ids.extend(ClipTokenizer::global().tokenize(text, word_len)?.ids);
+                }
+            }
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let mut map = weights::state_dict(&model, false)?;
+    if let Some(root) = &a.prune_vocab {
+        let ids = vocabulary(root, model.config.word_len)?;
+        eprintln!("keeping {} of {} token-embedding rows", ids.len(), model.config.vocab_size);
+        weights::prune_vocab(&mut map, &ids)?;
+    }
+    if a.f16 {
+        weights::to_f16(&mut map);
+    }
+    let meta = weights::metadata_for(&map, &model.config)?;
+    detris_io::safetensors_file::write(&a.out, &map, &meta)?;
+    let size = std::fs::metadata(&a.out)?.len();
+    eprintln!("wrote {} ({:.1} MB)", a.out.display(), size as f64 / 1e6);
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `detris data synth` → `detris train` → `detris eval` end to end on a small
+//! synthetic set, and `--resume` continuing bit-identically.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::max_abs_diff;
+use tch::Tensor;
+
+fn detris(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_detris"))
+        .args(args)
+        .env("DETRIS_NO_PROGRESS", "1")
+        .output()
+        .expect("run detris");
+    assert!(
+        out.status.success(),
+        "detris {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A small synthetic data set and a narrow config at 112 px, made once per test binary.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/detris-synth.config.json")).unwrap())
+            .unwrap();
+    cfg["input_size"] = 112.into();
+    cfg["dropout"] = 0.1.into(); // exercise the seeded dropout on resume
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    (data, cfg_path)
+}
+
+fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "train", "--random-init", "--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap(), "--dataset", "synth",
+        "--epochs", "2", "--milestones", "1", "--batch-size", "8", "--lr", "3e-4", "--seed", "5", "--threads", "1",
+        "--workers", "2", "--device", "cpu", "--val-limit", "6", "--out", out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    detris(&args);
+}
+
+fn tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(path).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let dir = std::env::temp_dir().join(format!("detris-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = setup(&dir);
+    let (straight, split) = (dir.join("straight"), dir.join("split"));
+    train(&data, &cfg, &straight, &["--max-steps", "9"]);
+    // Stop inside the first epoch, then again inside the second, resuming each time.
+    train(&data, &cfg, &split, &["--max-steps", "2"]);
+    train(&data, &cfg, &split, &["--max-steps", "7", "--resume"]);
+    train(&data, &cfg, &split, &["--max-steps", "9", "--resume"]);
+    let (a, b) = (tensors(&straight.join("last.safetensors")), tensors(&split.join("last.safetensors")));
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 100, "weights and Adam moments are saved");
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert_eq!(max_abs_diff(ta, tb), 0.0, "{na} differs after resume");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
+    let dir = std::env::temp_dir().join(format!("detris-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = setup(&dir);
+    let run = dir.join("run");
+    train(&data, &cfg, &run, &["--train-backbones"]);
+    for f in ["last.safetensors", "best.safetensors", "metrics.jsonl", "training.png"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["val_miou"].as_f64().is_some() && r["train_loss"].as_f64().unwrap().is_finite()));
+    assert_eq!(image::image_dimensions(run.join("training.png")).unwrap(), (900, 420));
+
+    let json = dir.join("eval.json");
+    let overlays = dir.join("overlays");
+    let out = detris(&[
+        "eval", "--checkpoint", run.join("best.safetensors").to_str().unwrap(), "--data", data.to_str().unwrap(), "--dataset",
+        "synth", "--split", "val,test", "--json", json.to_str().unwrap(), "--overlays", overlays.to_str().unwrap(),
+        "--device", "cpu", "--threads", "1",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("mIoU") && table.contains("Pr@90") && table.lines().count() == 3, "{table}");
+    let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let test = &reports[1];
+    assert_eq!(test["split"], "test");
+    // Test mode evaluates every sentence of the split.
+    let anns: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("anns/synth/test.json")).unwrap()).unwrap();
+    let sentences: usize = anns.as_array().unwrap().iter().map(|r| r["sentences"].as_array().unwrap().len()).sum();
+    assert_eq!(test["summary"]["count"].as_u64().unwrap() as usize, sentences);
+    assert_eq!(std::fs::read_dir(overlays.join("test")).unwrap().count(), sentences);
+    std::fs::remove_dir_all(&dir).ok();
+}
