@@ -15,8 +15,9 @@
 //! byte; the tree it returns is at most [`MAX_DEPTH`] deep (so walking or
 //! dropping it cannot overflow the stack) and takes at most
 //! `BUDGET_PER_BYTE × input length + BASE_BUDGET` bytes (shared memo entries
-//! are copied, and this stops a "billion laughs" pickle). A self-containing
-//! pickle is an error.
+//! are copied, and this stops a "billion laughs" pickle). Copies made while
+//! the opcodes run (calls and BUILDs given a shared entry again) are charged
+//! against the same bound. A self-containing pickle is an error.
 
 mod globals;
 mod machine;

@@ -49,10 +49,16 @@ struct Machine<'a> {
     /// Stack lengths at each MARK.
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
+    /// Bytes left for copies of shared values (see [`Machine::charge`]).
+    budget_left: usize,
 }
+
+const MEMORY_BOMB: &str = "pickle expands to far more data than its size (shared entries repeated too often); \
+                           refusing it as a memory bomb";
 
 /// Runs the pickle at the start of `input`; returns its value and the bytes used.
 pub fn run(input: &[u8]) -> Result<(Value, usize)> {
+    let budget = input.len().saturating_mul(BUDGET_PER_BYTE).saturating_add(BASE_BUDGET);
     let mut m = Machine {
         input,
         pos: 0,
@@ -61,9 +67,9 @@ pub fn run(input: &[u8]) -> Result<(Value, usize)> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        budget_left: budget,
     };
     let root = m.execute().map_err(Error::input)?;
-    let budget = input.len().saturating_mul(BUDGET_PER_BYTE).saturating_add(BASE_BUDGET);
     let mut out = Materialiser { arena: &m.arena, visiting: vec![false; m.arena.len()], budget_left: budget };
     let value = out.value(root, 0).map_err(Error::input)?;
     Ok((value, m.pos))
@@ -257,7 +263,9 @@ impl<'a> Machine<'a> {
                     else {
                         return Err(self.fail("STACK_GLOBAL needs two strings"));
                     };
-                    let global = self.check_global(module.clone(), name.clone())?;
+                    let (module, name) = (module.clone(), name.clone());
+                    self.charge(module.len() + name.len())?;
+                    let global = self.check_global(module, name)?;
                     self.push(Node::Global(Box::new(global)));
                 }
                 b'i' => {
@@ -506,18 +514,34 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn callable(&self, id: Id) -> Step<Global> {
-        match self.arena.get(id) {
-            Some(Node::Global(g)) => Ok((**g).clone()),
-            _ => Err(self.fail("calls something that is not a global")),
-        }
+    fn callable(&mut self, id: Id) -> Step<Global> {
+        let global = match self.arena.get(id) {
+            Some(Node::Global(g)) => (**g).clone(),
+            _ => return Err(self.fail("calls something that is not a global")),
+        };
+        self.charge(global.module.len() + global.name.len())?;
+        Ok(global)
     }
 
-    fn tuple_items(&self, id: Id) -> Step<Vec<Id>> {
-        match self.arena.get(id) {
-            Some(Node::Tuple(items)) => Ok(items.clone()),
-            _ => Err(self.fail("call arguments are not a tuple")),
-        }
+    fn tuple_items(&mut self, id: Id) -> Step<Vec<Id>> {
+        let items = match self.arena.get(id) {
+            Some(Node::Tuple(items)) => items.clone(),
+            _ => return Err(self.fail("call arguments are not a tuple")),
+        };
+        self.charge(items.len() * std::mem::size_of::<Id>())?;
+        Ok(items)
+    }
+
+    /// Charges a copy of a shared value against the size budget. Calls,
+    /// STACK_GLOBAL and BUILD copy what they are given, and a memo entry can
+    /// be given again for a few bytes of input: without this, repeating
+    /// `OrderedDict(<memo'd dict>)` would use memory quadratic in the input.
+    fn charge(&mut self, bytes: usize) -> Step<()> {
+        self.budget_left = self
+            .budget_left
+            .checked_sub(bytes)
+            .ok_or_else(|| format!("{MEMORY_BOMB} (opcode at byte {})", self.op_pos))?;
+        Ok(())
     }
 
     /// `callable(*args)` without running anything: plain-data constructors
@@ -559,14 +583,16 @@ impl<'a> Machine<'a> {
             }
             _ => Node::Object(Box::new(ObjectNode { callable, args, state: None })),
         };
+        self.charge(match &node {
+            Node::Dict(pairs) => pairs.len() * std::mem::size_of::<(Id, Id)>(),
+            Node::Set(items) => items.len() * std::mem::size_of::<Id>(),
+            Node::Bytes(bytes) => bytes.len(),
+            _ => 0,
+        })?;
         Ok(self.alloc(node))
     }
 
     fn build(&mut self, target: Id, state: Id) -> Step<()> {
-        let new_pairs = match self.arena.get(state) {
-            Some(Node::Dict(pairs)) => Some(pairs.clone()),
-            _ => None,
-        };
         let old_state = match self.arena.get(target) {
             Some(Node::Object(obj)) => obj.state,
             // Instance attributes of an OrderedDict (torch's `_metadata`:
@@ -575,10 +601,12 @@ impl<'a> Machine<'a> {
             _ => return Err(self.fail("BUILD on something that is not an object")),
         };
         // A second BUILD with a dict updates the attribute dict, as in Python.
-        if let (Some(old), Some(pairs)) = (old_state, new_pairs) {
-            if let Some(Node::Dict(old_pairs)) = self.arena.get(old) {
+        if let Some(old) = old_state {
+            if let (Some(Node::Dict(old_pairs)), Some(Node::Dict(pairs))) = (self.arena.get(old), self.arena.get(state))
+            {
                 let mut merged = old_pairs.clone();
-                merged.extend(pairs);
+                merged.extend_from_slice(pairs);
+                self.charge(merged.len() * std::mem::size_of::<(Id, Id)>())?;
                 let merged = self.alloc(Node::Dict(merged));
                 return self.set_state(target, merged);
             }
@@ -697,10 +725,7 @@ impl Materialiser<'_> {
     }
 
     fn charge(&mut self, bytes: usize) -> Step<()> {
-        self.budget_left = self.budget_left.checked_sub(bytes).ok_or(
-            "pickle expands to far more data than its size (shared entries repeated too often); \
-             refusing it as a memory bomb",
-        )?;
+        self.budget_left = self.budget_left.checked_sub(bytes).ok_or(MEMORY_BOMB)?;
         Ok(())
     }
 }

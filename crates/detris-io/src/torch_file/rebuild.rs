@@ -144,6 +144,7 @@ pub(super) fn tensor(v: &Value, storages: &mut dyn Storages) -> Step<Option<RawT
 fn non_negative(v: &Value, what: &str) -> Step<usize> {
     match v {
         Value::Int(i) => usize::try_from(*i).map_err(|_| format!("its {what} is {i}, which is negative")),
+        Value::BigInt(_) => Err(format!("its {what} is an integer beyond 64 bits")),
         other => Err(format!("its {what} is {}, not an int", other.kind())),
     }
 }

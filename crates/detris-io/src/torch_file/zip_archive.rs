@@ -98,7 +98,14 @@ impl TorchZip {
                 }
                 let mut out = Vec::with_capacity(len);
                 let f = self.archive.by_index(index).map_err(damaged)?;
-                f.take(size).read_to_end(&mut out).map_err(|e| format!("entry `{full}` does not inflate: {e}"))?;
+                // One byte more than declared: an entry that inflates to more is caught, and the zip
+                // reader reaches the end of the stream, where it checks the CRC.
+                f.take(size.saturating_add(1))
+                    .read_to_end(&mut out)
+                    .map_err(|e| format!("entry `{full}` does not inflate: {e}"))?;
+                if out.len() > len {
+                    return Err(format!("entry `{full}` inflates to more than the {len} bytes it declares"));
+                }
                 if out.len() != len {
                     return Err(format!("entry `{full}` inflates to {} bytes, not the {len} it declares", out.len()));
                 }
