@@ -83,9 +83,11 @@ impl Trainer {
         let state = checkpoint::load(path, &self.model, &mut self.opt)?;
         let mut then: TrainOptions = serde_json::from_value(state.options.clone())
             .with_context(|| format!("{}: the checkpoint's options are unreadable", path.display()))?;
-        // Only the stopping point may change on resume.
+        // Only the stopping point and the lr schedule ahead may change on
+        // resume (the schedule is a function of the epoch alone).
         then.max_steps = self.opts.max_steps;
         then.epochs = self.opts.epochs;
+        then.milestones = self.opts.milestones.clone();
         if serde_json::to_value(&then)? != serde_json::to_value(&self.opts)? {
             bail!(
                 "{}: --resume with different training options than the checkpoint's; they were:\n{}",
