@@ -112,10 +112,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         workers: a.workers,
     };
     let mut trainer = Trainer::new(model, opts, &a.out)?;
-    if a.resume {
-        let last = trainer.last_path();
+    let last = trainer.last_path();
+    if a.resume && last.exists() {
         trainer.resume(&last).with_context(|| format!("--resume from {}", last.display()))?;
         eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
+    } else if a.resume {
+        eprintln!("--resume: no {} yet, starting from the beginning", last.display());
     }
     trainer.run(&mut |line| eprintln!("{line}"))?;
     if let Some(best) = trainer.state.best_miou {
