@@ -89,7 +89,9 @@ impl Segmenter {
             let t3 = Instant::now();
             let prob = self.postprocess(&logits, i, &letterbox)?;
             let area = prob.mask.iter().filter(|&&m| m).count();
-            let mean_probability = prob.mean_prob();
+            // Confidence inside the mask (the photo-wide mean is mostly background).
+            let inside: f64 = prob.prob.iter().zip(&prob.mask).filter(|(_, &m)| m).map(|(&p, _)| p as f64).sum();
+            let mean_probability = if area == 0 { 0.0 } else { (inside / area as f64) as f32 };
             out.push(SentenceMask {
                 sentence: sentence.clone(),
                 token_ids: tok.ids,

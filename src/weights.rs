@@ -301,6 +301,8 @@ pub struct WeightFiles {
 /// own metadata, else the variant its shapes name; then the overrides.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigChoice {
+    /// A config already built (e.g. from an official YAML file); wins over the rest.
+    pub inline: Option<DetrisConfig>,
     pub config: Option<PathBuf>,
     pub variant: Option<String>,
     pub word_len: Option<usize>,
@@ -360,7 +362,9 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
     }
     let source = sources.join(" + ");
 
-    let mut cfg = if let Some(path) = &choice.config {
+    let mut cfg = if let Some(c) = &choice.inline {
+        c.clone()
+    } else if let Some(path) = &choice.config {
         DetrisConfig::from_json_file(path)?
     } else if let Some(v) = &choice.variant {
         DetrisConfig::variant(v)?

@@ -180,12 +180,7 @@ impl Cdp {
 fn load_tiny() -> anyhow::Result<detris::Detris> {
     weights::load_model(
         &WeightFiles { checkpoint: Some(fixtures::path("tiny/detris_ckpt.pth")), dinov2: None, clip: None },
-        &ConfigChoice {
-            config: Some(fixtures::path("tiny/config.json")),
-            variant: None,
-            word_len: None,
-            input_size: None,
-        },
+        &ConfigChoice { config: Some(fixtures::path("tiny/config.json")), ..Default::default() },
         tch::Device::Cpu,
     )
 }

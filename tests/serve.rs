@@ -36,7 +36,7 @@ fn coffee() -> Vec<u8> {
 fn load_tiny() -> anyhow::Result<Detris> {
     weights::load_model(
         &WeightFiles { checkpoint: Some(checkpoint()), dinov2: None, clip: None },
-        &ConfigChoice { config: Some(config()), variant: None, word_len: None, input_size: None },
+        &ConfigChoice { config: Some(config()), ..Default::default() },
         tch::Device::Cpu,
     )
 }

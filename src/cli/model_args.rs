@@ -34,6 +34,9 @@ pub struct ModelArgs {
     /// CPU threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
+    /// A config built by the command itself (from an official YAML file).
+    #[arg(skip)]
+    pub inline: Option<detris::DetrisConfig>,
 }
 
 impl ModelArgs {
@@ -52,6 +55,7 @@ impl ModelArgs {
         };
         let files = WeightFiles { checkpoint, dinov2: self.dinov2.clone(), clip: self.clip.clone() };
         let choice = ConfigChoice {
+            inline: self.inline.clone(),
             config: self.config.clone(),
             variant: self.variant.clone(),
             word_len: self.word_len,

@@ -6,6 +6,8 @@ use detris::train::data::DataSpec;
 use detris::train::trainer::{TrainOptions, Trainer};
 use detris::{Detris, DetrisConfig};
 
+use detris::train::official_yaml::OfficialYaml;
+
 use super::model_args::ModelArgs;
 
 #[derive(Args)]
@@ -16,29 +18,42 @@ pub struct TrainArgs {
     /// instead of pretrained files: the first stage of the shipped model.
     #[arg(long)]
     random_init: bool,
-    /// Root of the prepared layout (anns/, masks/, images/train2014/).
+    /// An official DETRIS YAML config (config/<dataset>/DETRIS_*.yaml): its
+    /// keys set the defaults below and the model; options given here win.
     #[arg(long)]
-    data: PathBuf,
-    #[arg(long, default_value = "refcoco")]
-    dataset: String,
-    #[arg(long, default_value = "train")]
-    train_split: String,
-    /// The split that selects `best` (the official RefCOCO+ configs use testB).
-    #[arg(long, default_value = "val")]
-    val_split: String,
-    #[arg(long, default_value_t = 50)]
-    epochs: usize,
-    /// Epochs after which the lr decays (MultiStepLR).
-    #[arg(long, value_delimiter = ',', default_value = "35")]
-    milestones: Vec<usize>,
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
-    #[arg(long, default_value_t = 0.1)]
-    lr_decay: f64,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    yaml: Option<PathBuf>,
+    /// Root of the prepared layout (anns/, masks/, images/train2014/)
+    /// [YAML: mask_root/../..].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// [default: refcoco; YAML: dataset]
+    #[arg(long)]
+    dataset: Option<String>,
+    /// [default: train; YAML: train_split]
+    #[arg(long)]
+    train_split: Option<String>,
+    /// The split that selects `best` (the official RefCOCO+ configs use testB)
+    /// [default: val; YAML: val_lmdb's name].
+    #[arg(long)]
+    val_split: Option<String>,
+    /// [default: 50; YAML: epochs]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Epochs after which the lr decays (MultiStepLR) [default: 35; YAML: milestones].
+    #[arg(long, value_delimiter = ',')]
+    milestones: Option<Vec<usize>>,
+    /// [default: 1e-4; YAML: base_lr]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// [default: 0.1; YAML: lr_decay]
+    #[arg(long)]
+    lr_decay: Option<f64>,
+    /// [default: 32; YAML: batch_size]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// [default: 0; YAML: manual_seed]
+    #[arg(long)]
+    seed: Option<u64>,
     /// f32, or f16 (CUDA mixed precision with loss scaling).
     #[arg(long, default_value = "f32")]
     precision: String,
@@ -68,26 +83,52 @@ pub struct TrainArgs {
     resume: bool,
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    if a.batch_size == 0 || a.epochs == 0 {
+pub fn run(mut a: TrainArgs) -> Result<()> {
+    let yaml = match &a.yaml {
+        Some(p) => Some(OfficialYaml::read(p).map_err(|e| super::usage(format!("--yaml: {e:#}")))?),
+        None => None,
+    };
+    let y = yaml.as_ref();
+    let data = a.data.clone().or_else(|| y?.data_root()).ok_or_else(|| super::usage("--data is required (or --yaml with mask_root)"))?;
+    let dataset = a.dataset.clone().or_else(|| y?.string("dataset")).unwrap_or_else(|| "refcoco".into());
+    let train_split = a.train_split.clone().or_else(|| y?.string("train_split")).unwrap_or_else(|| "train".into());
+    let val_split = a.val_split.clone().or_else(|| y?.val_split()).unwrap_or_else(|| "val".into());
+    let epochs = a.epochs.or_else(|| y?.usize("epochs")).unwrap_or(50);
+    let milestones = a.milestones.clone().or_else(|| y?.list("milestones")).unwrap_or_else(|| vec![35]);
+    let lr = a.lr.or_else(|| y?.f64("base_lr")).unwrap_or(1e-4);
+    let lr_decay = a.lr_decay.or_else(|| y?.f64("lr_decay")).unwrap_or(0.1);
+    let batch_size = a.batch_size.or_else(|| y?.usize("batch_size")).unwrap_or(32);
+    let seed = a.seed.or_else(|| y.and_then(|y| y.usize("manual_seed")).map(|s| s as u64)).unwrap_or(0);
+    if let Some(y) = y {
+        // The YAML names the model and the pretrained files; options win.
+        if a.model.config.is_none() && a.model.variant.is_none() && a.model.checkpoint.is_none() {
+            a.model.inline = Some(y.model_config()?);
+        }
+        if a.model.dinov2.is_none() && a.model.checkpoint.is_none() {
+            a.model.dinov2 = y.string("dino_pretrain").map(PathBuf::from);
+            a.model.clip = a.model.clip.clone().or_else(|| y.string("clip_pretrain").map(PathBuf::from));
+        }
+    }
+    if batch_size == 0 || epochs == 0 {
         return Err(super::usage("--batch-size and --epochs must be at least 1"));
     }
-    if !a.data.is_dir() {
-        return Err(super::usage(format!("--data {}: no such folder", a.data.display())));
+    if !data.is_dir() {
+        return Err(super::usage(format!("--data {}: no such folder", data.display())));
     }
     let mut model = if a.random_init {
-        let cfg = match (&a.model.config, &a.model.variant) {
-            (Some(p), _) => DetrisConfig::from_json_file(p)?,
-            (None, Some(v)) => DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?,
-            (None, None) => return Err(super::usage("--random-init needs --config or --variant")),
+        let cfg = match (&a.model.inline, &a.model.config, &a.model.variant) {
+            (Some(c), _, _) => c.clone(),
+            (None, Some(p), _) => DetrisConfig::from_json_file(p)?,
+            (None, None, Some(v)) => DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?,
+            (None, None, None) => return Err(super::usage("--random-init needs --config, --variant or --yaml")),
         };
         if a.model.threads > 0 {
             tch::set_num_threads(a.model.threads);
         }
         let device = detris::bench::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
-        tch::manual_seed(a.seed as i64);
+        tch::manual_seed(seed as i64);
         let m = Detris::new(cfg, device)?;
-        detris::weights::init_backbones_randomly(&m, a.seed);
+        detris::weights::init_backbones_randomly(&m, seed);
         m
     } else {
         a.model.load()?
@@ -97,13 +138,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         model = rebuild_with_dropout(model)?;
     }
     let opts = TrainOptions {
-        data: DataSpec { root: a.data.clone(), dataset: a.dataset.clone(), train_split: a.train_split.clone(), val_split: a.val_split.clone() },
-        epochs: a.epochs,
-        milestones: a.milestones.clone(),
-        base_lr: a.lr,
-        lr_decay: a.lr_decay,
-        batch_size: a.batch_size,
-        seed: a.seed,
+        data: DataSpec { root: data, dataset, train_split, val_split },
+        epochs,
+        milestones,
+        base_lr: lr,
+        lr_decay,
+        batch_size,
+        seed,
         precision: a.precision.clone(),
         max_steps: a.max_steps,
         save_every: a.save_every,
@@ -112,10 +153,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         workers: a.workers,
     };
     let mut trainer = Trainer::new(model, opts, &a.out)?;
-    if a.resume {
-        let last = trainer.last_path();
+    let last = trainer.last_path();
+    if a.resume && last.exists() {
         trainer.resume(&last).with_context(|| format!("--resume from {}", last.display()))?;
         eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
+    } else if a.resume {
+        eprintln!("--resume: no {} yet, starting from the beginning", last.display());
     }
     trainer.run(&mut |line| eprintln!("{line}"))?;
     if let Some(best) = trainer.state.best_miou {
