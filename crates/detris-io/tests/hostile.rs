@@ -70,6 +70,11 @@ fn evil_pickles(marker: &Path) -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 .stop(),
         ),
         (
+            "eval",
+            "builtins.eval",
+            Pickle::new().global("builtins", "eval").str("__import__('os').system('ls')").op(b"\x85R").stop(),
+        ),
+        (
             "exec",
             "builtins.exec",
             Pickle::new().global("builtins", "exec").str(&format!("import os; os.system('{cmd}')")).op(b"\x85R").stop(),
