@@ -397,6 +397,39 @@ def main():
                 head + json.dumps(c["rle_compressed"], separators=(",", ":")).encode())
     out("coco_mask", "boxes.bin", struct.pack("<HH", 19, 29) + b"[[1.5,2.5,10,7],[0,0,3,3]]")
 
+    # http_segment: the content type, a newline, then the body of POST /v1/segment.
+    photo = png(9, 8, 2, 8, [bytes(v for x in range(9) for v in (x * 25, y * 30, 90)) for y in range(8)])
+    for name, ctype, body in http_segment_seeds(photo, jpeg):
+        out("http_segment", name, ctype.encode() + b"\n" + body)
+
+
+def multipart(boundary, parts):
+    body = b""
+    for name, filename, data in parts:
+        file = f'; filename="{filename}"' if filename else ""
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{file}\r\n'.encode()
+        if filename:
+            body += b"Content-Type: application/octet-stream\r\n"
+        body += b"\r\n" + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def http_segment_seeds(photo, jpeg):
+    import base64
+    b64 = base64.b64encode(photo).decode()
+    form = "multipart/form-data; boundary=detris"
+    return [
+        ("form_png.txt", form, multipart("detris", [("image", "a.png", photo), ("text", None, b"the red cup"),
+                                                    ("text", None, "le caf\u00e9 &amp; tea".encode())])),
+        ("form_jpeg.txt", form, multipart("detris", [("text", None, b"the man on the left"),
+                                                     ("image", "photo.jpg", jpeg)])),
+        ("form_unknown_field.txt", form, multipart("detris", [("image", "a.png", photo), ("colour", None, b"red")])),
+        ("json_plain.txt", "application/json", json.dumps({"image": b64, "texts": ["a cup", "the dog"]}).encode()),
+        ("json_data_url.txt", "application/json; charset=utf-8",
+         json.dumps({"image": "data:image/png;base64," + b64, "texts": ["  "]}).encode()),
+        ("other_type.txt", "text/plain", b"hello"),
+    ]
+
 
 if __name__ == "__main__":
     main()

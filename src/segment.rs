@@ -11,8 +11,8 @@ use tch::{Kind, Tensor};
 
 use crate::model::{Ctx, Detris};
 
-/// Smallest photo side accepted: below it the letterbox has nothing to show.
-pub const MIN_SIDE: u32 = 8;
+pub use detris_io::image::MIN_SIDE;
+pub use detris_io::tokenizer::check_sentence;
 
 /// One sentence's result.
 #[derive(Clone, Debug, Serialize)]
@@ -45,14 +45,6 @@ pub struct Segmenter {
     pub model: Detris,
     /// `Test` (test.py: sigmoid, bicubic) or `Demo` (demo.py: bilinear logits).
     pub post: PostPath,
-}
-
-/// Checks a sentence before it reaches the tokenizer.
-pub fn check_sentence(s: &str) -> Result<()> {
-    if s.trim().is_empty() {
-        bail!("empty sentence: say which object to segment, e.g. \"the cup on the left\"");
-    }
-    Ok(())
 }
 
 impl Segmenter {

@@ -1,12 +1,11 @@
 //! The routes: `GET /`, `POST /v1/segment`, `GET /v1/model`, `GET /healthz`,
 //! `GET /openapi.json`; errors as `{"error": "...", "limit": "..."}`.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -15,13 +14,13 @@ use axum::{Json, Router};
 use base64::Engine;
 use detris_io::data::coco_mask::Rle;
 use detris_io::image::{self, Rgb};
-use detris_io::tokenizer::ClipTokenizer;
+use detris_io::request::Rejection;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::{AppState, Job};
-use crate::segment::{check_sentence, SentenceMask, Timings, MIN_SIDE};
+use crate::segment::{SentenceMask, Timings};
 
 /// The page: one file, inline CSS and JS, no external assets.
 pub const PAGE: &str = include_str!("page.html");
@@ -70,6 +69,13 @@ impl ApiError {
     }
     fn internal(error: impl std::fmt::Display) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> ApiError {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+        ApiError { status, error: r.error, limit: r.limit }
     }
 }
 
@@ -124,15 +130,6 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 async fn model(State(st): State<Arc<AppState>>) -> Json<super::ModelInfo> {
     Json(st.info.clone())
-}
-
-/// The JSON form of `POST /v1/segment`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SegmentJson {
-    /// The photo's bytes in base64 (a `data:image/...;base64,` prefix is allowed).
-    image: String,
-    texts: Vec<String>,
 }
 
 /// The answer of `POST /v1/segment`.
@@ -224,12 +221,6 @@ pub fn rle_encode(mask: &[bool], width: usize, height: usize) -> detris_io::Resu
     Rle::new(height, width, counts)
 }
 
-/// A parsed request: the photo's bytes and name, the sentences.
-struct Input {
-    image: Option<(String, Bytes)>,
-    texts: Vec<String>,
-}
-
 async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<SegmentResponse>, ApiError> {
     let t0 = Instant::now();
     // Admission first: a full server answers at once, before reading any body.
@@ -252,62 +243,24 @@ async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<S
     if declared.is_some_and(|n| n > lim.max_body_bytes as u64) {
         return Err(too_big());
     }
-    let ctype =
-        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let (parts, body) = req.into_parts();
-    let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await.map_err(|e| {
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_big()
         } else {
             ApiError::bad(format!("cannot read the request body: {}", e.body_text()))
         }
     })?;
-    let input = if ctype.starts_with("multipart/form-data") {
-        parse_multipart(Request::from_parts(parts, Body::from(bytes)), lim.max_sentences).await?
-    } else if ctype.starts_with("application/json") {
-        parse_json(&bytes)?
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type `{ctype}`: send multipart/form-data (an `image` file and `text` fields) or application/json ({{\"image\": base64, \"texts\": [...]}})"
-            ),
-        ));
-    };
-    let (name, image_bytes) = input
-        .image
-        .ok_or_else(|| ApiError::bad("no image: send the photo as the `image` field (JPEG, PNG or WebP)"))?;
-    let texts = input.texts;
-    let word_len = st.info.word_len;
-    let token_counts = check_texts(&texts, lim, word_len)?;
-
-    // The pixel limit from the header, before any pixel is decoded.
-    let dims = ::image::ImageReader::new(Cursor::new(&image_bytes[..]))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok());
-    if let Some((w, h)) = dims {
-        let pixels = u64::from(w) * u64::from(h);
-        if pixels > lim.max_image_pixels {
-            return Err(ApiError::limit(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "max_image_pixels",
-                format!("the image is {w}×{h} = {pixels} pixels; this server takes at most {}", lim.max_image_pixels),
-            ));
-        }
-    }
-    let photo = tokio::task::spawn_blocking(move || detris_io::image::decode_rgb(&image_bytes, &name))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    // Parsing, the sentence limits and decoding are CPU work: off the async threads.
+    let (request_limits, word_len) = (lim.request_limits(), st.info.word_len);
+    let request = tokio::task::spawn_blocking(move || {
+        detris_io::request::parse_segment_request(&ctype, &bytes, &request_limits, word_len)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::from)?;
+    let (photo, texts, token_counts) = (request.photo, request.texts, request.token_counts);
     let (w, h) = photo.dimensions();
-    if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(ApiError::limit(
-            StatusCode::BAD_REQUEST,
-            "min_image_side",
-            format!("the image is {w}×{h} pixels; detris needs at least {MIN_SIDE} pixels on each side"),
-        ));
-    }
     let photo = Arc::new(photo);
     let t1 = Instant::now();
 
@@ -341,93 +294,6 @@ async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<S
         },
         results,
     }))
-}
-
-/// Fields `image` (one file) and `text` (one per sentence).
-async fn parse_multipart(req: Request, max_sentences: usize) -> Result<Input, ApiError> {
-    let mut form = Multipart::from_request(req, &())
-        .await
-        .map_err(|e| ApiError::bad(format!("malformed multipart body: {}", e.body_text())))?;
-    let mut input = Input { image: None, texts: Vec::new() };
-    let malformed =
-        |e: axum::extract::multipart::MultipartError| ApiError::bad(format!("malformed multipart body: {e}"));
-    while let Some(field) = form.next_field().await.map_err(malformed)? {
-        match field.name() {
-            Some("image") => {
-                if input.image.is_some() {
-                    return Err(ApiError::bad("more than one `image` field: send one photo per request"));
-                }
-                let name = field.file_name().unwrap_or("image").to_string();
-                input.image = Some((name, field.bytes().await.map_err(malformed)?));
-            }
-            Some("text") => {
-                if input.texts.len() == max_sentences {
-                    return Err(too_many_sentences(max_sentences));
-                }
-                let text = field.text().await.map_err(|e| ApiError::bad(format!("`text` field: {e}")))?;
-                input.texts.push(text);
-            }
-            other => {
-                return Err(ApiError::bad(format!(
-                    "unknown form field {:?}: send `image` (the photo) and one `text` per sentence",
-                    other.unwrap_or("")
-                )))
-            }
-        }
-    }
-    Ok(input)
-}
-
-fn parse_json(bytes: &[u8]) -> Result<Input, ApiError> {
-    let req: SegmentJson = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad(format!(
-            "invalid JSON body ({e}): send {{\"image\": \"<base64 JPEG/PNG/WebP>\", \"texts\": [\"...\"]}}"
-        ))
-    })?;
-    let b64 = req.image.trim();
-    let b64 = match b64.strip_prefix("data:") {
-        Some(rest) => rest.split_once(',').map(|(_, data)| data).unwrap_or(""),
-        None => b64,
-    };
-    let image = B64.decode(b64).map_err(|e| ApiError::bad(format!("`image` is not valid base64: {e}")))?;
-    Ok(Input { image: Some(("image".into(), Bytes::from(image))), texts: req.texts })
-}
-
-fn too_many_sentences(max: usize) -> ApiError {
-    ApiError::limit(StatusCode::BAD_REQUEST, "max_sentences", format!("more than {max} sentences in one request"))
-}
-
-/// The sentence limits; returns each sentence's token count.
-fn check_texts(texts: &[String], lim: &super::Limits, word_len: usize) -> Result<Vec<usize>, ApiError> {
-    if texts.is_empty() {
-        return Err(ApiError::bad("no sentence: send one `text` field (or `texts` entry) per object to segment"));
-    }
-    if texts.len() > lim.max_sentences {
-        return Err(too_many_sentences(lim.max_sentences));
-    }
-    let mut counts = Vec::with_capacity(texts.len());
-    for (i, t) in texts.iter().enumerate() {
-        let n = i + 1;
-        if t.len() > lim.max_sentence_bytes {
-            return Err(ApiError::limit(
-                StatusCode::BAD_REQUEST,
-                "max_sentence_bytes",
-                format!("sentence {n} is {} bytes long; the limit is {}", t.len(), lim.max_sentence_bytes),
-            ));
-        }
-        check_sentence(t).map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
-        let tokens =
-            ClipTokenizer::global().tokenize(t, word_len).map_err(|e| ApiError::bad(format!("sentence {n}: {e}")))?;
-        if tokens.n_ids > lim.max_sentence_tokens {
-            return Err(ApiError::limit(
-                StatusCode::BAD_REQUEST,
-                "max_sentence_tokens",
-                format!("sentence {n} has {} tokens; the limit is {}", tokens.n_ids, lim.max_sentence_tokens),
-            ));
-        }
-        counts.push(tokens.n_ids);
-    }
-    Ok(counts)
 }
 
 fn encode(photo: &Rgb, masks: &[SentenceMask], token_counts: &[usize]) -> anyhow::Result<Vec<SentenceResult>> {

@@ -49,6 +49,18 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+impl Limits {
+    /// The limits that the request parser checks (`detris_io::request`).
+    pub fn request_limits(&self) -> detris_io::request::RequestLimits {
+        detris_io::request::RequestLimits {
+            max_image_pixels: self.max_image_pixels,
+            max_sentences: self.max_sentences,
+            max_sentence_bytes: self.max_sentence_bytes,
+            max_sentence_tokens: self.max_sentence_tokens,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {

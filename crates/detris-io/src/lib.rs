@@ -17,6 +17,9 @@ pub mod safetensors_file;
 pub mod tokenizer;
 pub mod image;
 
+// The body of `POST /v1/segment` (detris serve).
+pub mod request;
+
 // Datasets and metrics.
 pub mod data;
 pub mod metrics;

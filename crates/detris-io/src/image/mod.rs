@@ -23,5 +23,8 @@ pub use preprocess::{normalize_clip, preprocess, warp_image, warp_mask, CLIP_MEA
 pub use render::{mask_png, overlay, read_mask_png, rgb_png, write_png_atomic};
 pub use upsample::{sigmoid, upsample_bicubic_align_corners, upsample_bilinear_align_corners};
 
+/// Smallest photo side accepted: below it the letterbox has nothing to show.
+pub const MIN_SIDE: u32 = 8;
+
 /// A decoded photo: 8-bit RGB, row-major HWC (`width × height × 3` bytes).
 pub type Rgb = image::RgbImage;

@@ -28,6 +28,15 @@ pub const VOCAB_SIZE: usize = 49_408;
 /// letters: about 0.5 s in a debug build, 16 KiB: 8 s).
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
 
+/// Refuses a sentence that names nothing (empty or only white space) before it
+/// reaches the tokenizer.
+pub fn check_sentence(s: &str) -> Result<()> {
+    if s.trim().is_empty() {
+        return Err(Error::input("empty sentence: say which object to segment, e.g. \"the cup on the left\""));
+    }
+    Ok(())
+}
+
 /// A sentence as the model takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {
