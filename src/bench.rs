@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
-use crate::model::{Ctx, Detris};
+use crate::model::{Ctx, Detris, Levers};
 
 /// One measured configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,7 +22,10 @@ pub struct BenchCase {
     pub input_size: usize,
     /// Sentences about the one image.
     pub sentences: usize,
-    pub fast: bool,
+    /// `plain` (the official computation, one full pass per sentence), `fast`
+    /// (every lever, the text-independent blocks shared by the sentences), or
+    /// one lever's name (the plain mode plus that lever, see [`Levers::named`]).
+    pub mode: String,
     pub threads: i32,
     pub device: String,
     /// `f32`, `f16` or `bf16`.
@@ -92,6 +95,19 @@ pub fn precision_kind(p: &str) -> Result<Kind> {
     })
 }
 
+impl BenchCase {
+    pub fn levers(&self) -> Result<Levers> {
+        match self.mode.as_str() {
+            "plain" => Ok(Levers::PLAIN),
+            "fast" => Ok(Levers::FAST),
+            name => Levers::named().into_iter().find(|(n, _)| *n == name).map(|(_, l)| l).with_context(|| {
+                let names: Vec<&str> = Levers::named().iter().map(|(n, _)| *n).collect();
+                format!("unknown bench mode `{name}`: use plain, fast or one of {}", names.join(", "))
+            }),
+        }
+    }
+}
+
 /// Runs one case in this process.
 pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchResult> {
     if case.threads > 0 {
@@ -116,13 +132,14 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     let _ = ids.narrow(1, 0, 1).fill_(cfg.sot);
     let _ = ids.narrow(1, 1, 8).copy_(&Tensor::randint_low(300, 40000, [k, 8], (Kind::Int64, device)));
     let _ = ids.narrow(1, 9, 1).fill_(cfg.eot);
-    let ctx = Ctx { train: false, fast: case.fast, trace: None };
+    let ctx = Ctx { train: false, levers: case.levers()?, trace: None };
+    let shared = case.mode == "fast";
     let forward = || {
         tch::no_grad(|| {
-            let out = if case.fast {
+            let out = if shared {
                 model.forward_sentences(&img, &ids, &ctx)
             } else {
-                // The plain mode runs one full pass per sentence, as the official code.
+                // The other modes run one full pass per sentence, as the official code.
                 let outs: Vec<Tensor> = (0..k).map(|i| model.forward(&img, &ids.narrow(0, i, 1), &ctx)).collect();
                 Tensor::cat(&outs, 0)
             };
@@ -174,15 +191,36 @@ pub fn gflop_per_image(variant: &str, input_size: usize) -> f64 {
     base * (input_size as f64 / 448.0).powi(2)
 }
 
-pub fn print_table(results: &[BenchResult]) {
+/// The machine's matrix-multiply rate, GFLOP/s (best of several runs), for
+/// an `m×k · k×n` f32 product on `threads` threads: the ceiling that the
+/// model's GFLOP/s is compared with.
+pub fn sgemm_gflops(m: i64, k: i64, n: i64, threads: i32) -> f64 {
+    if threads > 0 {
+        tch::set_num_threads(threads);
+    }
+    let a = Tensor::randn([m, k], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([k, n], (Kind::Float, Device::Cpu));
+    let _ = a.matmul(&b);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let _ = a.matmul(&b);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// Prints one line per result; `peak_gflops` (the machine's sgemm rate) adds a
+/// "% of peak" column.
+pub fn print_table(results: &[BenchResult], peak_gflops: Option<f64>) {
     println!(
-        "{:<16} {:>5} {:>3} {:>6} {:>5} {:>10} {:>10} {:>9} {:>9} {:>8}",
-        "variant", "size", "K", "mode", "prec", "s/pass", "s/sent", "GFLOP/s", "peak MB", "vs plain"
+        "{:<16} {:>5} {:>3} {:>16} {:>5} {:>10} {:>10} {:>9} {:>7} {:>9} {:>8}",
+        "variant", "size", "K", "mode", "prec", "s/pass", "s/sent", "GFLOP/s", "% peak", "peak MB", "vs plain"
     );
     for r in results {
         let c = &r.case;
         let plain = results.iter().find(|p| {
-            !p.case.fast
+            p.case.mode == "plain"
                 && p.case.variant == c.variant
                 && p.case.input_size == c.input_size
                 && p.case.sentences == c.sentences
@@ -190,16 +228,18 @@ pub fn print_table(results: &[BenchResult]) {
         });
         let ratio = plain.map(|p| format!("{:.2}×", r.median_s / p.median_s)).unwrap_or_else(|| "-".into());
         let gflops = gflop_per_image(&c.variant, c.input_size) * c.sentences as f64 / r.median_s;
+        let of_peak = peak_gflops.map(|p| format!("{:.0}%", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<16} {:>5} {:>3} {:>6} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.0} {:>8}",
+            "{:<16} {:>5} {:>3} {:>16} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>7} {:>9.0} {:>8}",
             c.variant,
             c.input_size,
             c.sentences,
-            if c.fast { "fast" } else { "plain" },
+            c.mode,
             c.precision,
             r.median_s,
             r.median_s / c.sentences as f64,
             gflops,
+            of_peak,
             r.peak_rss as f64 / 1e6,
             ratio
         );

@@ -7,14 +7,14 @@
 mod common;
 
 use common::*;
-use detris::model::{Ctx, Trace};
+use detris::model::{Ctx, Levers, Trace};
 use tch::Kind;
 
-fn run(kind: Kind, fast: bool, tol: f64) {
+fn run(kind: Kind, levers: Levers, tol: f64) {
     let io = read_st("tiny/io.safetensors");
     let model = tiny_model(tiny_config(), kind);
     let trace = Trace::default();
-    let ctx = Ctx { train: false, fast, trace: Some(&trace) };
+    let ctx = Ctx { train: false, levers, trace: Some(&trace) };
     let img = io["input.img"].to_kind(kind);
     let logits = tch::no_grad(|| model.forward(&img, &io["input.word"], &ctx));
     let mut worst = (0.0, String::new());
@@ -28,21 +28,30 @@ fn run(kind: Kind, fast: bool, tol: f64) {
             worst = (d, name.to_string());
         }
         compared += 1;
-        assert!(d <= tol, "{name}: max |Δ| {d:e} > {tol:e} ({kind:?}, fast={fast})");
+        assert!(d <= tol, "{name}: max |Δ| {d:e} > {tol:e} ({kind:?}, {levers:?})");
     }
     assert!(compared > 20);
     assert!(max_abs_diff(&logits, &io["f64.pred"]) <= tol);
-    eprintln!("{kind:?} fast={fast}: {compared} outputs, worst {:e} at {}", worst.0, worst.1);
+    eprintln!("{kind:?} {levers:?}: {compared} outputs, worst {:e} at {}", worst.0, worst.1);
+}
+
+/// The plain mode, the fast mode and each lever alone.
+fn every_mode() -> Vec<Levers> {
+    let mut modes = vec![Levers::PLAIN, Levers::FAST];
+    modes.extend(Levers::named().map(|(_, l)| l));
+    modes
 }
 
 #[test]
 fn f64_forward_matches_reference_within_1e5() {
-    run(Kind::Double, false, 1e-5);
-    run(Kind::Double, true, 1e-5);
+    for levers in every_mode() {
+        run(Kind::Double, levers, 1e-5);
+    }
 }
 
 #[test]
 fn f32_forward_matches_reference_within_1e4() {
-    run(Kind::Float, false, 1e-4);
-    run(Kind::Float, true, 1e-4);
+    for levers in every_mode() {
+        run(Kind::Float, levers, 1e-4);
+    }
 }

@@ -7,18 +7,56 @@ use std::collections::BTreeMap;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
-/// How a forward pass runs. `fast` picks the fused/simplified kernels; the
-/// plain mode computes every step as the official code writes it.
+/// How a forward pass runs. `levers` picks the fused/simplified kernels; with
+/// none of them (the plain mode) every step is computed as the official code
+/// writes it.
 pub struct Ctx<'a> {
     pub train: bool,
-    pub fast: bool,
+    pub levers: Levers,
     /// Records named intermediate outputs (parity tests, debugging).
     pub trace: Option<&'a Trace>,
 }
 
+/// The exact rewrites of the fast mode, each switchable so that `detris bench`
+/// can measure what each one buys. Every combination gives the plain mode's
+/// logits within the parity tolerance (tests/forward_parity.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Levers {
+    /// libtorch's fused scaled-dot-product attention instead of matmul-softmax-matmul.
+    pub fused_attention: bool,
+    /// Inference BatchNorm as one per-channel affine (scale, shift) after the conv.
+    pub folded_batchnorm: bool,
+    /// The neck's attention to one sentence key computed as `out_proj(W_v t + b_v)` (spec §5.5).
+    pub single_key_neck: bool,
+}
+
+impl Levers {
+    pub const PLAIN: Levers = Levers { fused_attention: false, folded_batchnorm: false, single_key_neck: false };
+    pub const FAST: Levers = Levers { fused_attention: true, folded_batchnorm: true, single_key_neck: true };
+
+    /// Every lever on (`true`) or off.
+    pub fn all(on: bool) -> Levers {
+        if on {
+            Levers::FAST
+        } else {
+            Levers::PLAIN
+        }
+    }
+
+    /// The names `detris bench --levers` takes, with the plain mode plus that one lever.
+    pub fn named() -> [(&'static str, Levers); 3] {
+        let p = Levers::PLAIN;
+        [
+            ("fused_attention", Levers { fused_attention: true, ..p }),
+            ("folded_batchnorm", Levers { folded_batchnorm: true, ..p }),
+            ("single_key_neck", Levers { single_key_neck: true, ..p }),
+        ]
+    }
+}
+
 impl Ctx<'_> {
     pub fn eval() -> Ctx<'static> {
-        Ctx { train: false, fast: true, trace: None }
+        Ctx { train: false, levers: Levers::FAST, trace: None }
     }
     pub fn record(&self, name: &str, t: &Tensor) {
         if let Some(trace) = self.trace {
@@ -226,7 +264,7 @@ impl ConvBnRelu {
         } else {
             self.conv.forward(x)
         };
-        if ctx.fast && !ctx.train {
+        if ctx.levers.folded_batchnorm && !ctx.train {
             // BatchNorm folded into a per-channel affine after the conv.
             let (scale, shift) = self.bn.eval_affine();
             let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat(1).take(x.dim() - 2)).collect();
@@ -328,7 +366,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&AttnMask>, dr
     let d = *q.size().last().unwrap();
     let scale = 1.0 / (d as f64).sqrt();
     let mask = mask.map(|m| m.additive(q.kind()));
-    if ctx.fast {
+    if ctx.levers.fused_attention {
         return Tensor::scaled_dot_product_attention(q, k, v, mask.as_ref(), dropout, false, scale, false);
     }
     let mut attn = (q * scale).matmul(&k.transpose(-2, -1));

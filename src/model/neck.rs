@@ -57,7 +57,7 @@ impl Neck {
     /// sample; the plain path runs the full attention as the official code.
     fn sentence_gate(&self, attn: &MultiheadAttention, v: &Tensor, t: &Tensor, ctx: &Ctx) -> Tensor {
         let (b, cw, h, w) = v.size4().unwrap();
-        if ctx.fast {
+        if ctx.levers.single_key_neck {
             let vproj = t.linear(&attn.in_proj_weight.narrow(0, 2 * cw, cw), Some(&attn.in_proj_bias.narrow(0, 2 * cw, cw)));
             return attn.out_proj.forward(&vproj).view([b, cw, 1, 1]);
         }

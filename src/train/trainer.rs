@@ -15,7 +15,7 @@ use super::adam::Adam;
 use super::checkpoint::{self, TrainState};
 use super::data::{self, DataSpec};
 use detris_io::data::loader::Mode;
-use crate::model::{Ctx, Detris};
+use crate::model::{Ctx, Detris, Levers};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -223,7 +223,7 @@ impl Trainer {
 
     /// One optimizer step on a batch; returns the loss.
     fn step(&mut self, batch: &data::Batch, amp: Option<Kind>, scaler: &mut GradScaler) -> Result<f64> {
-        let ctx = Ctx { train: true, fast: true, trace: None };
+        let ctx = Ctx { train: true, levers: Levers::FAST, trace: None };
         self.opt.zero_grad();
         let loss = match amp {
             None => {
