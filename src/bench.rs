@@ -173,7 +173,15 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
 pub fn run_case_isolated(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchResult> {
     let exe = std::env::current_exe().context("cannot find the detris executable")?;
     let out = std::process::Command::new(exe)
-        .args(["bench", "--warmup", &warmup.to_string(), "--runs", &runs.to_string(), "--one", &serde_json::to_string(case)?])
+        .args([
+            "bench",
+            "--warmup",
+            &warmup.to_string(),
+            "--runs",
+            &runs.to_string(),
+            "--one",
+            &serde_json::to_string(case)?,
+        ])
         .output()
         .context("cannot start the benchmark child process")?;
     if !out.status.success() {

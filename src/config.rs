@@ -160,7 +160,10 @@ impl DetrisConfig {
     /// The `params` object of a fixture's `config.json` (official naming).
     pub fn from_fixture_params(p: &serde_json::Value) -> Result<DetrisConfig> {
         let u = |k: &str| -> Result<usize> {
-            p.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("config params: missing integer `{k}`"))
+            p.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .with_context(|| format!("config params: missing integer `{k}`"))
         };
         let f = |k: &str| -> Result<f64> {
             p.get(k).and_then(|v| v.as_f64()).with_context(|| format!("config params: missing number `{k}`"))
@@ -240,10 +243,16 @@ impl DetrisConfig {
     pub fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         if self.patch_size == 0 || self.input_size % self.patch_size != 0 || self.input_size == 0 {
-            errs.push(format!("input_size {} must be a positive multiple of patch_size {}", self.input_size, self.patch_size));
+            errs.push(format!(
+                "input_size {} must be a positive multiple of patch_size {}",
+                self.input_size, self.patch_size
+            ));
         }
         if self.word_len < 2 || self.word_len > self.context_length {
-            errs.push(format!("word_len {} must be within 2..={} (context_length)", self.word_len, self.context_length));
+            errs.push(format!(
+                "word_len {} must be within 2..={} (context_length)",
+                self.word_len, self.context_length
+            ));
         }
         if self.vis_dim != self.txt_width {
             errs.push(format!(
@@ -279,7 +288,10 @@ impl DetrisConfig {
             errs.push(format!("taps {:?} must name two DINOv2 blocks below {}", self.taps, self.dino_depth));
         }
         if self.grid() > self.pos_grid * 4 {
-            errs.push(format!("input_size {} is too large for the {}-grid position embedding", self.input_size, self.pos_grid));
+            errs.push(format!(
+                "input_size {} is too large for the {}-grid position embedding",
+                self.input_size, self.pos_grid
+            ));
         }
         if errs.is_empty() {
             Ok(())

@@ -3,9 +3,9 @@
 //! files → `detris_io` readers → [`weights`] → [`model`] → logits →
 //! `detris_io::image` post-processing → masks.
 
+pub mod bench;
 pub mod config;
 pub mod eval;
-pub mod bench;
 pub mod model;
 pub mod segment;
 pub mod serve;

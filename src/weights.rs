@@ -93,7 +93,8 @@ impl LoadReport {
             format!("{}{more}", head.join(", "))
         };
         if !self.wrong_shape.is_empty() {
-            let shapes: Vec<String> = self.wrong_shape.iter().map(|(n, e, f)| format!("{n}: model {e:?}, file {f:?}")).collect();
+            let shapes: Vec<String> =
+                self.wrong_shape.iter().map(|(n, e, f)| format!("{n}: model {e:?}, file {f:?}")).collect();
             msg += &format!("\n  {} with the wrong shape: {}", shapes.len(), list(&shapes));
         }
         if !self.missing.is_empty() {
@@ -162,7 +163,8 @@ pub fn backbone_map(dinov2: TensorMap, clip: TensorMap) -> TensorMap {
         let image_tower = k.starts_with("visual.");
         // Real OpenAI files also carry these scalars, and each text block's
         // causal `attn_mask` as a plain (non-state-dict) attribute.
-        let extra = matches!(k.as_str(), "input_resolution" | "context_length" | "vocab_size") || k.ends_with("attn_mask");
+        let extra =
+            matches!(k.as_str(), "input_resolution" | "context_length" | "vocab_size") || k.ends_with("attn_mask");
         if !image_tower && !extra {
             out.insert(format!("txt_backbone.{k}"), v.to_dtype(DType::F32));
         }
@@ -224,7 +226,9 @@ pub fn shape_mismatch(cfg: &DetrisConfig, map: &TensorMap) -> Vec<String> {
 pub fn config_from_metadata(meta: &BTreeMap<String, String>) -> Result<Option<DetrisConfig>> {
     match meta.get(META_CONFIG) {
         None => Ok(None),
-        Some(json) => Ok(Some(serde_json::from_str(json).context("the file's `detris.config` metadata is not a valid config")?)),
+        Some(json) => {
+            Ok(Some(serde_json::from_str(json).context("the file's `detris.config` metadata is not a valid config")?))
+        }
     }
 }
 
@@ -265,7 +269,10 @@ pub fn verify_checksum(path: &Path, map: &TensorMap, meta: &BTreeMap<String, Str
     if let (Some(sum), Some(json)) = (meta.get(META_CHECKSUM), meta.get(META_CONFIG)) {
         let actual = checksum(map, json);
         if &actual != sum {
-            bail!("{}: checksum mismatch (file says {sum}, content gives {actual}): the file was changed or damaged", path.display());
+            bail!(
+                "{}: checksum mismatch (file says {sum}, content gives {actual}): the file was changed or damaged",
+                path.display()
+            );
         }
     }
     Ok(())

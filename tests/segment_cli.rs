@@ -19,7 +19,8 @@ fn fixture_model() -> detris::Detris {
 fn segment_cmd(extra: &[&str]) -> std::process::Output {
     let ckpt = fixture("tiny/detris_ckpt.pth");
     let cfg = fixture("tiny/config.json");
-    let mut args = vec!["segment", "--checkpoint", ckpt.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--device", "cpu"];
+    let mut args =
+        vec!["segment", "--checkpoint", ckpt.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--device", "cpu"];
     args.extend_from_slice(extra);
     Command::new(env!("CARGO_BIN_EXE_detris")).args(&args).output().unwrap()
 }
@@ -29,7 +30,16 @@ fn segment_writes_mask_overlay_and_json_equal_to_the_library_forward() {
     let out = std::env::temp_dir().join(format!("detris-segment-{}", std::process::id()));
     let photo = detris_io::fixtures::images_dir().join("coffee.png");
     let texts = ["the cup of coffee", "the spoon on the right"];
-    let o = segment_cmd(&["--image", photo.to_str().unwrap(), "--text", texts[0], "--text", texts[1], "--out", out.to_str().unwrap()]);
+    let o = segment_cmd(&[
+        "--image",
+        photo.to_str().unwrap(),
+        "--text",
+        texts[0],
+        "--text",
+        texts[1],
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let rgb = detris_io::image::load_rgb(&photo).unwrap();
@@ -44,7 +54,8 @@ fn segment_writes_mask_overlay_and_json_equal_to_the_library_forward() {
         assert_eq!(ours, e.mask, "sentence {i}: the CLI mask differs from the library's");
         let overlay = detris_io::image::load_rgb(stem.with_extension("overlay.png")).unwrap();
         assert_eq!(overlay.dimensions(), (w, h));
-        let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stem.with_extension("json")).unwrap()).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(stem.with_extension("json")).unwrap()).unwrap();
         assert_eq!(record["area"].as_u64().unwrap() as usize, e.area);
         assert_eq!(record["sentence"], texts[i]);
     }
@@ -81,7 +92,10 @@ fn bad_input_is_refused_with_exit_2_and_a_message() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     };
     check(&["--image", photo.to_str().unwrap(), "--text", "   "], "empty sentence");
-    check(&["--image", photo.to_str().unwrap(), "--text", "x", "--variant", "detris-xxl"], "unknown variant `detris-xxl`");
+    check(
+        &["--image", photo.to_str().unwrap(), "--text", "x", "--variant", "detris-xxl"],
+        "unknown variant `detris-xxl`",
+    );
     let not_image = fixture("tiny/config.json");
     check(&["--image", not_image.to_str().unwrap(), "--text", "the cup"], "not a JPEG, PNG or WebP image");
     check(&["--image", "/nonexistent/photo.jpg", "--text", "the cup"], "/nonexistent/photo.jpg");

@@ -28,9 +28,10 @@ fn detris(args: &[&str]) -> std::process::Output {
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/detris-synth.config.json")).unwrap())
-            .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/detris-synth.config.json")).unwrap(),
+    )
+    .unwrap();
     cfg["input_size"] = 112.into();
     cfg["dropout"] = 0.1.into(); // exercise the seeded dropout on resume
     let cfg_path = dir.join("config.json");
@@ -40,9 +41,34 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec![
-        "train", "--random-init", "--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap(), "--dataset", "synth",
-        "--epochs", "2", "--milestones", "1", "--batch-size", "8", "--lr", "3e-4", "--seed", "5", "--threads", "1",
-        "--workers", "2", "--device", "cpu", "--val-limit", "6", "--out", out.to_str().unwrap(),
+        "train",
+        "--random-init",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        "synth",
+        "--epochs",
+        "2",
+        "--milestones",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-4",
+        "--seed",
+        "5",
+        "--threads",
+        "1",
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--val-limit",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     detris(&args);
@@ -94,9 +120,23 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
     let json = dir.join("eval.json");
     let overlays = dir.join("overlays");
     let out = detris(&[
-        "eval", "--checkpoint", run.join("best.safetensors").to_str().unwrap(), "--data", data.to_str().unwrap(), "--dataset",
-        "synth", "--split", "val,test", "--json", json.to_str().unwrap(), "--overlays", overlays.to_str().unwrap(),
-        "--device", "cpu", "--threads", "1",
+        "eval",
+        "--checkpoint",
+        run.join("best.safetensors").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        "synth",
+        "--split",
+        "val,test",
+        "--json",
+        json.to_str().unwrap(),
+        "--overlays",
+        overlays.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     ]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("mIoU") && table.contains("Pr@90") && table.lines().count() == 3, "{table}");
@@ -125,10 +165,39 @@ fn killed_and_resumed_runs_end_bit_identical() {
     train(&data, &cfg, &straight, &["--max-steps", "8", "--save-every", "1"]);
     let args = |out: &Path| -> Vec<String> {
         [
-            "train", "--random-init", "--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap(), "--dataset", "synth",
-            "--epochs", "2", "--milestones", "1", "--batch-size", "8", "--lr", "3e-4", "--seed", "5", "--threads", "1",
-            "--workers", "2", "--device", "cpu", "--val-limit", "6", "--out", out.to_str().unwrap(), "--max-steps", "8",
-            "--save-every", "1", "--resume",
+            "train",
+            "--random-init",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--dataset",
+            "synth",
+            "--epochs",
+            "2",
+            "--milestones",
+            "1",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-4",
+            "--seed",
+            "5",
+            "--threads",
+            "1",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--val-limit",
+            "6",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "8",
+            "--save-every",
+            "1",
+            "--resume",
         ]
         .iter()
         .map(|s| s.to_string())

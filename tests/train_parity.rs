@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use common::*;
 use detris::model::{Ctx, Levers};
-use detris::Detris;
 use detris::train::adam::Adam;
+use detris::Detris;
 use tch::{Kind, Tensor};
 
 struct Run {
@@ -117,7 +117,11 @@ fn f64_training_matches_official_steps() {
                 if start > 0 {
                     check_rel(&g.narrow(0, 0, start), &reference.narrow(0, 0, start), &format!("{name}[q]"));
                     let rest = start + len;
-                    check_rel(&g.narrow(0, rest, n - rest), &reference.narrow(0, rest, n - rest), &format!("{name}[v]"));
+                    check_rel(
+                        &g.narrow(0, rest, n - rest),
+                        &reference.narrow(0, rest, n - rest),
+                        &format!("{name}[v]"),
+                    );
                 }
             }
             None => check_rel(&g, &reference, name),

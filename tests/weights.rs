@@ -25,8 +25,14 @@ fn load(files: WeightFiles, choice: &ConfigChoice) -> anyhow::Result<Detris> {
 
 #[test]
 fn three_sources_give_identical_logits_within_parity() {
-    let ckpt = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice()).unwrap();
-    let st = load(WeightFiles { checkpoint: Some(fixture("tiny/state_dict.safetensors")), ..Default::default() }, &tiny_choice()).unwrap();
+    let ckpt =
+        load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice())
+            .unwrap();
+    let st = load(
+        WeightFiles { checkpoint: Some(fixture("tiny/state_dict.safetensors")), ..Default::default() },
+        &tiny_choice(),
+    )
+    .unwrap();
     let backbones = load(
         WeightFiles {
             checkpoint: Some(fixture("tiny/state_dict.safetensors")),
@@ -48,7 +54,11 @@ fn three_sources_give_identical_logits_within_parity() {
 #[test]
 fn backbones_alone_leave_the_trainable_parts_initialised() {
     let m = load(
-        WeightFiles { dinov2: Some(fixture("tiny/dinov2.pth")), clip: Some(fixture("tiny/clip.pt")), ..Default::default() },
+        WeightFiles {
+            dinov2: Some(fixture("tiny/dinov2.pth")),
+            clip: Some(fixture("tiny/clip.pt")),
+            ..Default::default()
+        },
         &tiny_choice(),
     )
     .unwrap();
@@ -63,10 +73,13 @@ fn backbones_alone_leave_the_trainable_parts_initialised() {
 fn detris_safetensors_round_trip_needs_no_side_flags_and_detects_tampering() {
     let dir = std::env::temp_dir().join(format!("detris-weights-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let src = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice()).unwrap();
+    let src =
+        load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice())
+            .unwrap();
     let out = dir.join("tiny.safetensors");
     weights::save_model(&src, &out, false).unwrap();
-    let back = load(WeightFiles { checkpoint: Some(out.clone()), ..Default::default() }, &ConfigChoice::default()).unwrap();
+    let back =
+        load(WeightFiles { checkpoint: Some(out.clone()), ..Default::default() }, &ConfigChoice::default()).unwrap();
     assert_eq!(back.config, src.config);
     assert_eq!(max_abs_diff(&logits(&src), &logits(&back)), 0.0);
 
@@ -84,26 +97,37 @@ fn detris_safetensors_round_trip_needs_no_side_flags_and_detects_tampering() {
 #[test]
 fn a_checkpoint_of_another_variant_is_refused_with_the_shapes_that_disagree() {
     let choice = ConfigChoice { variant: Some("detris-b".into()), ..Default::default() };
-    let e = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &choice).unwrap_err();
-    let msg = format!("{e:#}");
-    assert!(msg.contains("do not fit config `detris-b`") && msg.contains("DINOv2 width D: config 768, weights 96"), "{msg}");
-    // Without any config, the shapes name no official variant: the message says to pass --config.
-    let e = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &ConfigChoice::default())
+    let e = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &choice)
         .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("do not fit config `detris-b`") && msg.contains("DINOv2 width D: config 768, weights 96"),
+        "{msg}"
+    );
+    // Without any config, the shapes name no official variant: the message says to pass --config.
+    let e = load(
+        WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() },
+        &ConfigChoice::default(),
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("--config"), "{e:#}");
 }
 
 #[test]
 fn missing_and_broken_files_name_the_file() {
-    let e = load(WeightFiles { checkpoint: Some("/nonexistent/x.pth".into()), ..Default::default() }, &tiny_choice()).unwrap_err();
+    let e = load(WeightFiles { checkpoint: Some("/nonexistent/x.pth".into()), ..Default::default() }, &tiny_choice())
+        .unwrap_err();
     assert!(format!("{e:#}").contains("/nonexistent/x.pth"), "{e:#}");
-    let e = load(WeightFiles { dinov2: Some(fixture("tiny/dinov2.pth")), ..Default::default() }, &tiny_choice()).unwrap_err();
+    let e = load(WeightFiles { dinov2: Some(fixture("tiny/dinov2.pth")), ..Default::default() }, &tiny_choice())
+        .unwrap_err();
     assert!(format!("{e:#}").contains("--dinov2 and --clip"), "{e:#}");
 }
 
 #[test]
 fn f64_model_from_checkpoint_runs() {
-    let mut m = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice()).unwrap();
+    let mut m =
+        load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice())
+            .unwrap();
     m.vs.double();
     let io = read_st("tiny/io.safetensors");
     let out = tch::no_grad(|| m.forward(&io["input.img"].to_kind(Kind::Double), &io["input.word"], &Ctx::eval()));

@@ -12,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
     let content_type = String::from_utf8_lossy(&data[..split]);
     let body = data.get(split + 1..).unwrap_or(&[]);
-    let limits =
-        RequestLimits { max_image_pixels: 4_000_000, max_sentences: 4, max_sentence_bytes: 256, max_sentence_tokens: 40 };
+    let limits = RequestLimits {
+        max_image_pixels: 4_000_000,
+        max_sentences: 4,
+        max_sentence_bytes: 256,
+        max_sentence_tokens: 40,
+    };
     match parse_segment_request(&content_type, body, &limits, 17) {
         Ok(req) => {
             let (w, h) = req.photo.dimensions();

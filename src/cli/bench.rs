@@ -87,10 +87,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut results: Vec<Option<BenchResult>> = vec![None; cases.len()];
     for round in 1..=a.rounds {
         for (case, best) in cases.iter().zip(&mut results) {
-            eprintln!(
-                "round {round}/{}: {} {}, {} sentence(s) …",
-                a.rounds, case.variant, case.mode, case.sentences
-            );
+            eprintln!("round {round}/{}: {} {}, {} sentence(s) …", a.rounds, case.variant, case.mode, case.sentences);
             let r = run_case_isolated(case, a.warmup, a.runs)?;
             if best.as_ref().is_none_or(|b| r.median_s < b.median_s) {
                 *best = Some(r);

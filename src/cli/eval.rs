@@ -45,7 +45,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let model = a.model.load()?;
     let mut reports = Vec::new();
     for split in &a.split {
-        let spec = DataSpec { root: a.data.clone(), dataset: a.dataset.clone(), train_split: String::new(), val_split: split.clone() };
+        let spec = DataSpec {
+            root: a.data.clone(),
+            dataset: a.dataset.clone(),
+            train_split: String::new(),
+            val_split: split.clone(),
+        };
         let overlays = a.overlays.as_ref().map(|d| d.join(split));
         let r = evaluate(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, overlays.as_deref())?;
         if !r.resized_masks.is_empty() {
@@ -57,7 +62,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         reports.push(r);
     }
     print!("{}", table(&reports));
-    std::fs::write(&a.json, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", a.json.display()))?;
+    std::fs::write(&a.json, serde_json::to_string_pretty(&reports)?)
+        .with_context(|| format!("{}: cannot write", a.json.display()))?;
     eprintln!("metrics written to {}", a.json.display());
     Ok(())
 }

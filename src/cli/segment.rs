@@ -26,7 +26,8 @@ pub struct SegmentArgs {
 }
 
 /// Overlay colours, one per sentence.
-const PALETTE: [[u8; 3]; 6] = [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255], [0, 220, 220]];
+const PALETTE: [[u8; 3]; 6] =
+    [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255], [0, 220, 220]];
 
 fn slug(s: &str) -> String {
     let mut out = String::new();

@@ -89,7 +89,11 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         None => None,
     };
     let y = yaml.as_ref();
-    let data = a.data.clone().or_else(|| y?.data_root()).ok_or_else(|| super::usage("--data is required (or --yaml with mask_root)"))?;
+    let data = a
+        .data
+        .clone()
+        .or_else(|| y?.data_root())
+        .ok_or_else(|| super::usage("--data is required (or --yaml with mask_root)"))?;
     let dataset = a.dataset.clone().or_else(|| y?.string("dataset")).unwrap_or_else(|| "refcoco".into());
     let train_split = a.train_split.clone().or_else(|| y?.string("train_split")).unwrap_or_else(|| "train".into());
     let val_split = a.val_split.clone().or_else(|| y?.val_split()).unwrap_or_else(|| "val".into());

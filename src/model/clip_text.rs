@@ -4,7 +4,7 @@
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use super::layers::{AttnMask, Ctx, Init0, LayerNorm, Linear, MultiheadAttention, quick_gelu};
+use super::layers::{quick_gelu, AttnMask, Ctx, Init0, LayerNorm, Linear, MultiheadAttention};
 use super::text_adapter::TextAdapter;
 use crate::config::DetrisConfig;
 
@@ -50,9 +50,10 @@ impl ClipText {
                     ln_2: LayerNorm::new(&(&b / "ln_2"), w, c.clip_ln_eps, true),
                     c_fc: Linear::new(&(&b / "mlp" / "c_fc"), w, 4 * w, Init0::Frozen),
                     c_proj: Linear::new(&(&b / "mlp" / "c_proj"), 4 * w, w, Init0::Frozen),
-                    adapter: c.txt_adapter_layers.contains(&i).then(|| {
-                        TextAdapter::new(&(&b / "adapter"), w, c.txt_adapter_dim as i64, c.adapter_bn_eps)
-                    }),
+                    adapter: c
+                        .txt_adapter_layers
+                        .contains(&i)
+                        .then(|| TextAdapter::new(&(&b / "adapter"), w, c.txt_adapter_dim as i64, c.adapter_bn_eps)),
                 }
             })
             .collect();

@@ -91,7 +91,11 @@ impl Detris {
     /// logits with nearest (floor) sampling, as the official training step.
     pub fn loss(logits: &Tensor, target: &Tensor) -> (Tensor, Tensor) {
         let (_, _, h, w) = logits.size4().unwrap();
-        let t = if target.size()[2..] != [h, w] { target.upsample_nearest2d([h, w], None, None) } else { target.shallow_clone() };
+        let t = if target.size()[2..] != [h, w] {
+            target.upsample_nearest2d([h, w], None, None)
+        } else {
+            target.shallow_clone()
+        };
         let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&t, None, None, tch::Reduction::Mean);
         (loss, t)
     }

@@ -113,7 +113,14 @@ impl DinoV2 {
     /// through every block before the first adapter block.
     pub fn shared_tokens(&self, img: &Tensor, ctx: &Ctx) -> SharedTokens {
         let b = img.size()[0];
-        let p = img.conv2d(&self.patch_proj.weight, self.patch_proj.bias.as_ref(), [self.patch, self.patch], [0, 0], [1, 1], 1);
+        let p = img.conv2d(
+            &self.patch_proj.weight,
+            self.patch_proj.bias.as_ref(),
+            [self.patch, self.patch],
+            [0, 0],
+            [1, 1],
+            1,
+        );
         let g = p.size()[2];
         let p = p.flatten(2, -1).transpose(1, 2); // (B,g²,D)
         ctx.record("dino.patch_embed", &p);
@@ -122,7 +129,8 @@ impl DinoV2 {
         ctx.record("dino.pos_embed_interp", &pos);
         let x = Tensor::cat(&[self.cls_token.expand([b, 1, d], false), p.shallow_clone()], 1) + pos;
         let r = self.register_tokens.size()[1];
-        let x = Tensor::cat(&[x.narrow(1, 0, 1), self.register_tokens.expand([b, r, d], false), x.narrow(1, 1, g * g)], 1);
+        let x =
+            Tensor::cat(&[x.narrow(1, 0, 1), self.register_tokens.expand([b, r, d], false), x.narrow(1, 1, g * g)], 1);
         let first_adapter = self.blocks.iter().position(|b| b.adapter.is_some()).unwrap_or(self.blocks.len());
         let mut shared = SharedTokens { x, next_block: 0, taps: Vec::new(), grid: g };
         let empty = Tensor::zeros([0], (p.kind(), p.device()));

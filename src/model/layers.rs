@@ -119,7 +119,10 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: &Path, i: i64, o: i64, init: Init0) -> Linear {
-        Linear { weight: param(p, "weight", &[o, i], init, i, false), bias: Some(param(p, "bias", &[o], init, i, true)) }
+        Linear {
+            weight: param(p, "weight", &[o, i], init, i, false),
+            bias: Some(param(p, "bias", &[o], init, i, true)),
+        }
     }
     /// (…, i) → (…, o)
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -341,7 +344,8 @@ impl AttnMask {
             AttnMask::Additive(m) => m.to_kind(kind),
             AttnMask::KeyPadding(pad) => {
                 let (b, s) = pad.size2().unwrap();
-                Tensor::zeros([b, 1, 1, s], (kind, pad.device())).masked_fill(&pad.view([b, 1, 1, s]), f64::NEG_INFINITY)
+                Tensor::zeros([b, 1, 1, s], (kind, pad.device()))
+                    .masked_fill(&pad.view([b, 1, 1, s]), f64::NEG_INFINITY)
             }
         }
     }

@@ -43,7 +43,8 @@ impl Neck {
     /// taps 3 × (B,D,g,g), sentence (B,E) → (B,C,g,g).
     pub fn forward(&self, v: &[Tensor; 3], sentence: &Tensor, ctx: &Ctx) -> Tensor {
         let t = self.txt_proj.forward(sentence); // (B,C)
-        let projected = [self.f3_proj.forward(&v[0], ctx), self.f4_proj.forward(&v[1], ctx), self.f5_proj.forward(&v[2], ctx)];
+        let projected =
+            [self.f3_proj.forward(&v[0], ctx), self.f4_proj.forward(&v[1], ctx), self.f5_proj.forward(&v[2], ctx)];
         let fq: Vec<Tensor> =
             projected.iter().zip(&self.fusion).map(|(vi, attn)| vi * self.sentence_gate(attn, vi, &t, ctx)).collect();
         let fq = self.aggr.forward(&Tensor::cat(&fq, 1), ctx);
@@ -58,7 +59,8 @@ impl Neck {
     fn sentence_gate(&self, attn: &MultiheadAttention, v: &Tensor, t: &Tensor, ctx: &Ctx) -> Tensor {
         let (b, cw, h, w) = v.size4().unwrap();
         if ctx.levers.single_key_neck {
-            let vproj = t.linear(&attn.in_proj_weight.narrow(0, 2 * cw, cw), Some(&attn.in_proj_bias.narrow(0, 2 * cw, cw)));
+            let vproj =
+                t.linear(&attn.in_proj_weight.narrow(0, 2 * cw, cw), Some(&attn.in_proj_bias.narrow(0, 2 * cw, cw)));
             return attn.out_proj.forward(&vproj).view([b, cw, 1, 1]);
         }
         let q = v.flatten(2, -1).transpose(1, 2); // (B,HW,C)

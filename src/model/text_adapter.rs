@@ -70,8 +70,8 @@ impl TextAdapter {
         let l = x0.size()[1];
         let xs = x0.narrow(1, 1, l - 1).transpose(1, 2); // (B,t,L-1)
         let o = self.dense.forward(&xs, ctx).transpose(1, 2); // (B,L-1,t)
-        // Position 0 keeps x0 and then gets x0 added again: 2·x0[:,0] (a quirk
-        // the checkpoints were trained with).
+                                                              // Position 0 keeps x0 and then gets x0 added again: 2·x0[:,0] (a quirk
+                                                              // the checkpoints were trained with).
         let o = Tensor::cat(&[x0.narrow(1, 0, 1), o], 1) + &x0;
         self.fc2.forward(&o)
     }

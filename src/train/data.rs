@@ -48,7 +48,16 @@ pub fn batch_tensors(b: &loader::Batch) -> (Tensor, Tensor) {
 }
 
 /// A loader over one split; `limit` > 0 keeps only the first refs.
-pub fn open_loader(spec: &DataSpec, split: &str, mode: Mode, cfg: &DetrisConfig, batch: usize, seed: u64, workers: usize, limit: usize) -> Result<Loader> {
+pub fn open_loader(
+    spec: &DataSpec,
+    split: &str,
+    mode: Mode,
+    cfg: &DetrisConfig,
+    batch: usize,
+    seed: u64,
+    workers: usize,
+    limit: usize,
+) -> Result<Loader> {
     let mut refs = loader::prepared_refs(&spec.root, &spec.dataset, split)
         .with_context(|| format!("data set `{}` split `{split}` under {}", spec.dataset, spec.root.display()))?;
     if limit > 0 {

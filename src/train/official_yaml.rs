@@ -21,7 +21,8 @@ impl OfficialYaml {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let yaml: serde_norway::Value =
             serde_norway::from_str(&text).with_context(|| format!("{}: not valid YAML", path.display()))?;
-        let json = serde_json::to_value(yaml).with_context(|| format!("{}: unsupported YAML content", path.display()))?;
+        let json =
+            serde_json::to_value(yaml).with_context(|| format!("{}: unsupported YAML content", path.display()))?;
         let Value::Object(sections) = json else { bail!("{}: expected sections of keys", path.display()) };
         let mut keys = BTreeMap::new();
         for (name, section) in sections {

@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 use super::adam::Adam;
 use super::checkpoint::{self, TrainState};
 use super::data::{self, DataSpec};
-use detris_io::data::loader::Mode;
 use crate::model::{Ctx, Detris, Levers};
+use detris_io::data::loader::Mode;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -65,7 +65,8 @@ impl Trainer {
             }
         }
         std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
-        let trainable: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        let trainable: Vec<(String, Tensor)> =
+            model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         let opt = Adam::new(trainable, opts.base_lr);
         let state = TrainState { options: serde_json::to_value(&opts)?, ..Default::default() };
         Ok(Trainer { model, opt, state, opts, out: out.to_path_buf() })
@@ -107,7 +108,13 @@ impl Trainer {
     /// Runs until `epochs` (or `max_steps`) is reached.
     pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
         let device = self.model.device();
-        let train = data::TrainData::open(&self.opts.data, &self.model.config, self.opts.seed, self.opts.workers, self.opts.batch_size)?;
+        let train = data::TrainData::open(
+            &self.opts.data,
+            &self.model.config,
+            self.opts.seed,
+            self.opts.workers,
+            self.opts.batch_size,
+        )?;
         let per_epoch = train.batches_per_epoch();
         if per_epoch == 0 {
             bail!("the training split has fewer refs ({}) than one batch ({})", train.len(), self.opts.batch_size);
@@ -178,10 +185,25 @@ impl Trainer {
             if !finished_epoch {
                 // Stopped by max_steps inside the epoch: keep the position.
                 self.save(&self.last_path())?;
-                log(&format!("stopped at step {} (epoch {}, batch {})", self.state.global_step, epoch + 1, self.state.batch_in_epoch));
+                log(&format!(
+                    "stopped at step {} (epoch {}, batch {})",
+                    self.state.global_step,
+                    epoch + 1,
+                    self.state.batch_in_epoch
+                ));
                 return Ok(());
             }
-            let val = crate::eval::evaluate(&self.model, &self.opts.data, &self.opts.data.val_split, Mode::Val, self.opts.val_limit, self.opts.batch_size, self.opts.workers, None)?.summary;
+            let val = crate::eval::evaluate(
+                &self.model,
+                &self.opts.data,
+                &self.opts.data.val_split,
+                Mode::Val,
+                self.opts.val_limit,
+                self.opts.batch_size,
+                self.opts.workers,
+                None,
+            )?
+            .summary;
             let mean_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
             let record = serde_json::json!({
                 "epoch": epoch + 1, "step": self.state.global_step, "lr": self.opt.lr,

@@ -4,18 +4,18 @@
 //! files → readers (this crate) → plain tensors → model (the `detris` crate).
 
 pub mod error;
-pub mod tensor;
 pub mod fixtures;
+pub mod tensor;
 
 // Checkpoints: allow-listed unpickler, .pth zip / legacy containers,
 // TorchScript archives, safetensors.
 pub mod pickle;
-pub mod torch_file;
 pub mod safetensors_file;
+pub mod torch_file;
 
 // Text and images.
-pub mod tokenizer;
 pub mod image;
+pub mod tokenizer;
 
 // The body of `POST /v1/segment` (detris serve).
 pub mod request;

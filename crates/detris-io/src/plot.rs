@@ -161,7 +161,16 @@ impl Ticks {
         let raw = (hi - lo) / 5.0;
         let mag = 10f64.powf(raw.log10().floor());
         let norm = raw / mag;
-        let mut step = mag * if norm <= 1.0 { 1.0 } else if norm <= 2.0 { 2.0 } else if norm <= 5.0 { 5.0 } else { 10.0 };
+        let mut step = mag
+            * if norm <= 1.0 {
+                1.0
+            } else if norm <= 2.0 {
+                2.0
+            } else if norm <= 5.0 {
+                5.0
+            } else {
+                10.0
+            };
         if integer {
             step = step.max(1.0).round();
         }
@@ -178,7 +187,11 @@ impl Ticks {
     fn label(&self, v: f64) -> String {
         let s = format!("{:.*}", self.decimals, v);
         // "-0.0" reads oddly on an axis.
-        if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') { s[1..].to_string() } else { s }
+        if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
+            s[1..].to_string()
+        } else {
+            s
+        }
     }
 }
 
@@ -315,7 +328,10 @@ mod tests {
     #[test]
     fn plot_ticks_are_round() {
         let t = Ticks::new(0.23, 0.71, false);
-        assert_eq!(t.values().map(|v| t.label(v)).collect::<Vec<_>>(), ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"]);
+        assert_eq!(
+            t.values().map(|v| t.label(v)).collect::<Vec<_>>(),
+            ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"]
+        );
         let t = Ticks::new(1.0, 3.0, true);
         assert_eq!(t.values().map(|v| t.label(v)).collect::<Vec<_>>(), ["1", "2", "3"]);
         let (lo, hi) = padded_range([0.5, 0.5].into_iter(), 0.1);

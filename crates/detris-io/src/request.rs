@@ -112,10 +112,8 @@ pub fn parse_segment_request(
 /// The pixel limit from the header, before any pixel is decoded; then the
 /// decoded photo, at least [`MIN_SIDE`] on each side.
 fn decode_photo(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb, Rejection> {
-    let dims = ::image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok());
+    let dims =
+        ::image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok());
     if let Some((w, h)) = dims {
         let pixels = u64::from(w) * u64::from(h);
         if pixels > max_pixels {
@@ -306,7 +304,8 @@ mod tests {
         check(&ct, &body, 400, None, "unknown form field \"color\"");
         let (ct, body) = form(&[("image", Some("a.png"), &img), ("text", None, b"  \n")]);
         check(&ct, &body, 400, None, "sentence 1: empty sentence");
-        let (ct, body) = form(&[("image", None, &img), ("text", None, b"a"), ("text", None, b"b"), ("text", None, b"c")]);
+        let (ct, body) =
+            form(&[("image", None, &img), ("text", None, b"a"), ("text", None, b"b"), ("text", None, b"c")]);
         check(&ct, &body, 400, Some("max_sentences"), "more than 2");
         let long = "x".repeat(65);
         let (ct, body) = form(&[("image", None, &img), ("text", None, long.as_bytes())]);

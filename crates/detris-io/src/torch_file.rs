@@ -92,7 +92,8 @@ pub fn load_torchscript(path: &Path, widen_f16: bool) -> Result<TensorMap> {
     tensors
         .into_iter()
         .map(|(name, t)| {
-            let t = widen_f16_to_f32(t).ok_or_else(|| Error::invalid(path, format!("tensor `{name}` could not be widened")))?;
+            let t = widen_f16_to_f32(t)
+                .ok_or_else(|| Error::invalid(path, format!("tensor `{name}` could not be widened")))?;
             Ok((name, t))
         })
         .collect()
@@ -104,11 +105,8 @@ pub fn widen_f16_to_f32(t: RawTensor) -> Option<RawTensor> {
     if t.dtype != DType::F16 {
         return Some(t);
     }
-    let bytes: Vec<u8> = t
-        .bytes()
-        .chunks_exact(2)
-        .flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes())
-        .collect();
+    let bytes: Vec<u8> =
+        t.bytes().chunks_exact(2).flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect();
     RawTensor::new(DType::F32, t.shape.clone(), Bytes::Owned(bytes))
 }
 
@@ -165,8 +163,9 @@ fn state_dict_checkpoint(root: &Value, storages: &mut dyn Storages) -> std::resu
     })?;
     let mut metadata = BTreeMap::new();
     let tensors = if let Some(state_dict) = root.get("state_dict") {
-        let pairs =
-            state_dict.as_dict().ok_or_else(|| format!("its `state_dict` entry is {}, not a dict", state_dict.kind()))?;
+        let pairs = state_dict
+            .as_dict()
+            .ok_or_else(|| format!("its `state_dict` entry is {}, not a dict", state_dict.kind()))?;
         for (key, value) in entries {
             if let Some(key) = key.as_str() {
                 if key != "state_dict" && !TRAINING_STATE.contains(&key) {
@@ -214,14 +213,15 @@ fn metadata_value(v: &Value, storages: &mut dyn Storages) -> Option<Value> {
             t.to_i64_vec().first().map(|&x| Value::Int(x))
         };
     }
-    let mut items = |items: &[Value]| -> Option<Vec<Value>> { items.iter().map(|i| metadata_value(i, storages)).collect() };
+    let mut items =
+        |items: &[Value]| -> Option<Vec<Value>> { items.iter().map(|i| metadata_value(i, storages)).collect() };
     Some(match v {
         Value::List(v) => Value::List(items(v)?),
         Value::Tuple(v) => Value::Tuple(items(v)?),
         Value::Set(v) => Value::Set(items(v)?),
-        Value::Dict(pairs) => {
-            Value::Dict(pairs.iter().map(|(k, v)| Some((k.clone(), metadata_value(v, storages)?))).collect::<Option<_>>()?)
-        }
+        Value::Dict(pairs) => Value::Dict(
+            pairs.iter().map(|(k, v)| Some((k.clone(), metadata_value(v, storages)?))).collect::<Option<_>>()?,
+        ),
         other if contains_tensor(other) => return None,
         other => other.clone(),
     })

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use detris_io::fixtures;
 use detris_io::pickle::{self, Value};
 use detris_io::safetensors_file;
 use detris_io::tensor::{DType, RawTensor, TensorMap};
 use detris_io::torch_file::{load_checkpoint, load_state_dict, load_torchscript};
-use detris_io::fixtures;
 
 fn tiny(name: &str) -> PathBuf {
     fixtures::path(&format!("tiny/{name}"))
@@ -58,7 +58,9 @@ fn official_checkpoint_equals_the_state_dict_fixture() {
 /// Storage keys referenced anywhere inside `v`.
 fn storage_keys(v: &Value, out: &mut Vec<String>) {
     match v {
-        Value::PersistentId(pid) => out.extend(pid.as_list().and_then(|f| f.get(2)).and_then(Value::as_str).map(String::from)),
+        Value::PersistentId(pid) => {
+            out.extend(pid.as_list().and_then(|f| f.get(2)).and_then(Value::as_str).map(String::from))
+        }
         Value::List(items) | Value::Tuple(items) | Value::Set(items) => items.iter().for_each(|i| storage_keys(i, out)),
         Value::Dict(pairs) => pairs.iter().for_each(|(_, v)| storage_keys(v, out)),
         Value::Object(obj) => {
@@ -359,10 +361,7 @@ fn forbidden_globals_are_refused_and_never_run() {
     let path = dir.join("os_system.pth");
     torch_zip(&path, &[("data.pkl", &evil)]);
     let msg = error_of(&path);
-    assert!(
-        msg.contains("pickle refers to the global `os.system`, which detris does not allow"),
-        "{msg}"
-    );
+    assert!(msg.contains("pickle refers to the global `os.system`, which detris does not allow"), "{msg}");
     assert!(pickle::parse(&evil).unwrap_err().to_string().contains("`os.system`"));
     assert!(!marker.exists(), "the command must not have run");
 

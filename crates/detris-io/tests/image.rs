@@ -111,10 +111,9 @@ fn postprocessing_matches_both_official_paths() {
     eprintln!("test_up {d_test_up:e}, demo_up_sigmoid {d_demo_up:e}, inverse warp alone {d_warp:e}");
     assert!(d_test_up <= 1e-5 && d_demo_up <= 1e-5 && d_warp <= 1e-5);
 
-    for (path, back, mask_key) in [
-        (PostPath::Test, &want_test_back, "test_mask_u8"),
-        (PostPath::Demo, &want_demo_back, "demo_mask_u8"),
-    ] {
+    for (path, back, mask_key) in
+        [(PostPath::Test, &want_test_back, "test_mask_u8"), (PostPath::Demo, &want_demo_back, "demo_mask_u8")]
+    {
         let prob = postprocess(&logits, lh, lw, &lb, path).unwrap();
         let (mshape, want_mask) = tensor(&st, mask_key, Dtype::U8);
         assert_eq!((prob.height, prob.width), (mshape[0], mshape[1]));
@@ -122,7 +121,11 @@ fn postprocessing_matches_both_official_paths() {
         let same = prob.mask.iter().zip(want_mask).filter(|(m, w)| **m == (**w != 0)).count();
         let frac = same as f64 / want_mask.len() as f64;
         let fg = want_mask.iter().filter(|&&w| w != 0).count();
-        eprintln!("{path:?}: back max |diff| {d_back:e}; mask {same}/{} identical ({:.4} %), {fg} fg", want_mask.len(), frac * 100.0);
+        eprintln!(
+            "{path:?}: back max |diff| {d_back:e}; mask {same}/{} identical ({:.4} %), {fg} fg",
+            want_mask.len(),
+            frac * 100.0
+        );
         assert!(d_back <= 1e-5, "{path:?} back {d_back}");
         // The mask must be non-trivial for the comparison to mean anything.
         assert!(fg > 0 && fg < want_mask.len());
@@ -167,7 +170,8 @@ fn reads_official_ground_truth_masks() {
     // Every prepared train mask: the photo's size, some foreground, and all of it inside the
     // annotation's integer bbox widened by one pixel (the bbox truncates COCO's float box).
     let expected = fixtures::path("data/refer_mini_expected");
-    let anns: serde_json::Value = serde_json::from_slice(&read("data/refer_mini_expected/anns/refcoco/train.json")).unwrap();
+    let anns: serde_json::Value =
+        serde_json::from_slice(&read("data/refer_mini_expected/anns/refcoco/train.json")).unwrap();
     let anns = anns.as_array().unwrap();
     assert!(!anns.is_empty());
     for ann in anns {
@@ -177,10 +181,16 @@ fn reads_official_ground_truth_masks() {
         let photo = load_rgb(photo).unwrap();
         assert_eq!((w as u32, h as u32), photo.dimensions(), "mask {id}");
         let b: Vec<i64> = ann["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-        let fg: Vec<(i64, i64)> =
-            (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).filter(|&(x, y)| grey[y * w + x] != 0).map(|(x, y)| (x as i64, y as i64)).collect();
+        let fg: Vec<(i64, i64)> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| grey[y * w + x] != 0)
+            .map(|(x, y)| (x as i64, y as i64))
+            .collect();
         assert!(!fg.is_empty(), "mask {id} is empty");
-        assert!(fg.iter().all(|&(x, y)| x >= b[0] - 1 && x <= b[2] + 1 && y >= b[1] - 1 && y <= b[3] + 1), "mask {id} leaves {b:?}");
+        assert!(
+            fg.iter().all(|&(x, y)| x >= b[0] - 1 && x <= b[2] + 1 && y >= b[1] - 1 && y <= b[3] + 1),
+            "mask {id} leaves {b:?}"
+        );
     }
 }
 
@@ -195,7 +205,14 @@ fn webp_round_trips_losslessly() {
 }
 
 /// A small PNG written with the png crate; `extra` chunks go before the image data.
-fn png_bytes(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8], extra: &[([u8; 4], Vec<u8>)]) -> Vec<u8> {
+fn png_bytes(
+    w: u32,
+    h: u32,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    data: &[u8],
+    extra: &[([u8; 4], Vec<u8>)],
+) -> Vec<u8> {
     let mut out = Vec::new();
     let mut enc = png::Encoder::new(&mut out, w, h);
     enc.set_color(color);
@@ -290,7 +307,8 @@ fn crc32(data: &[u8]) -> u32 {
 fn mask_png_overlay_and_mask_reading_round_trip() {
     let (w, h) = (9usize, 7usize);
     // A 5×5 square of foreground at (2..7, 1..6).
-    let mask: Vec<bool> = (0..h).flat_map(|y| (0..w).map(move |x| (2..7).contains(&x) && (1..6).contains(&y))).collect();
+    let mask: Vec<bool> =
+        (0..h).flat_map(|y| (0..w).map(move |x| (2..7).contains(&x) && (1..6).contains(&y))).collect();
     let dir = std::env::temp_dir().join(format!("detris-mask-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("mask.png");

@@ -185,10 +185,16 @@ impl Loader {
                     order.into_iter().map(|r| (r, rng.gen_range(0..self.refs[r].sentences.len()))).collect();
                 samples.chunks_exact(b).map(<[_]>::to_vec).collect()
             }
-            Mode::Val => (0..self.refs.len()).map(|r| (r, 0)).collect::<Vec<_>>().chunks(b).map(<[_]>::to_vec).collect(),
+            Mode::Val => {
+                (0..self.refs.len()).map(|r| (r, 0)).collect::<Vec<_>>().chunks(b).map(<[_]>::to_vec).collect()
+            }
             Mode::Test => {
-                let all: Vec<(usize, usize)> =
-                    self.refs.iter().enumerate().flat_map(|(r, x)| (0..x.sentences.len()).map(move |s| (r, s))).collect();
+                let all: Vec<(usize, usize)> = self
+                    .refs
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(r, x)| (0..x.sentences.len()).map(move |s| (r, s)))
+                    .collect();
                 all.chunks(b).map(<[_]>::to_vec).collect()
             }
         }

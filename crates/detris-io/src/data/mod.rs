@@ -3,8 +3,8 @@
 //! the synthetic data and batch loader built on top of them.
 
 pub mod coco_mask;
-pub mod refer;
+pub mod loader;
 pub mod prepared;
+pub mod refer;
 pub mod splits;
 pub mod synth;
-pub mod loader;

@@ -50,9 +50,15 @@ pub const DEFAULT_TEST_SEED: u64 = 0x7e57_5eed;
 /// Image sizes of the generated pictures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageSize {
-    Fixed { width: usize, height: usize },
+    Fixed {
+        width: usize,
+        height: usize,
+    },
     /// Width and height each drawn uniformly from `min..=max` per image.
-    Varied { min: usize, max: usize },
+    Varied {
+        min: usize,
+        max: usize,
+    },
 }
 
 /// Smallest and largest image side accepted.
@@ -187,7 +193,15 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
                 .map(|index| Picture::make(seed, tag, index as u64, opts))
                 .collect::<Result<_>>()?;
             for picture in pictures {
-                files.add(picture, split, &image_dir, &mask_dir, &mut split_report, &mut report.kinds, &mut prepared)?;
+                files.add(
+                    picture,
+                    split,
+                    &image_dir,
+                    &mask_dir,
+                    &mut split_report,
+                    &mut report.kinds,
+                    &mut prepared,
+                )?;
             }
         }
         write_json(&ann_dir.join(format!("{split}.json")), &prepared)?;

@@ -33,9 +33,7 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb> {
 /// Decodes with the size limits checked from the header first and EXIF orientation applied;
 /// the error says what is wrong (the caller names the file).
 pub(super) fn decode_checked(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
     match reader.format() {
         Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) => {}
         Some(other) => return Err(format!("unsupported image format {other:?} (JPEG, PNG or WebP)")),
@@ -43,15 +41,12 @@ pub(super) fn decode_checked(bytes: &[u8]) -> std::result::Result<DynamicImage, 
     }
     let mut reader = reader;
     reader.limits(decoder_limits());
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("corrupt image header: {e}"))?;
+    let mut decoder = reader.into_decoder().map_err(|e| format!("corrupt image header: {e}"))?;
     let (w, h) = decoder.dimensions();
     check_dimensions(w, h)?;
     // cv2 ignores an unreadable EXIF block rather than failing the image.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| format!("corrupt or truncated image data: {e}"))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("corrupt or truncated image data: {e}"))?;
     img.apply_orientation(orientation);
     Ok(img)
 }

@@ -33,7 +33,11 @@ impl Prob {
     /// Mean of `prob` over the photo (what the server reports), 0 for an empty map.
     pub fn mean_prob(&self) -> f32 {
         let sum: f64 = self.prob.iter().map(|&p| f64::from(p)).sum();
-        if self.prob.is_empty() { 0.0 } else { (sum / self.prob.len() as f64) as f32 }
+        if self.prob.is_empty() {
+            0.0
+        } else {
+            (sum / self.prob.len() as f64) as f32
+        }
     }
 }
 

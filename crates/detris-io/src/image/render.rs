@@ -74,11 +74,7 @@ pub fn overlay(img: &Rgb, mask: &[bool], color: [u8; 3]) -> Result<Rgb> {
             continue;
         }
         for c in 0..3 {
-            px[c] = if inner[i] {
-                (u16::from(px[c]) + u16::from(color[c])).div_ceil(2) as u8
-            } else {
-                color[c]
-            };
+            px[c] = if inner[i] { (u16::from(px[c]) + u16::from(color[c])).div_ceil(2) as u8 } else { color[c] };
         }
     }
     Ok(out)

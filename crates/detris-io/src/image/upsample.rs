@@ -97,7 +97,8 @@ mod tests {
     #[test]
     fn corners_are_kept_and_constants_stay_constant() {
         let src: Vec<f32> = (0..12).map(|v| v as f32).collect();
-        for up in [upsample_bicubic_align_corners(&src, 3, 4, 7, 9), upsample_bilinear_align_corners(&src, 3, 4, 7, 9)] {
+        for up in [upsample_bicubic_align_corners(&src, 3, 4, 7, 9), upsample_bilinear_align_corners(&src, 3, 4, 7, 9)]
+        {
             assert_eq!((up[0], up[8], up[54], up[62]), (0.0, 3.0, 8.0, 11.0));
         }
         // Tolerance 1e-6: the cubic weights sum to 1 only up to f32 rounding.

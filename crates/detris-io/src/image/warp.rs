@@ -105,7 +105,15 @@ pub(super) fn warp_cubic_u8(src: &ImageU8, m: &[f64; 6], dst_w: usize, dst_h: us
 
 /// `warpAffine(src, dst_w×dst_h, INTER_CUBIC, BORDER_CONSTANT, border)` for one-channel f32
 /// images. `src.len()` must be `sw * sh`.
-pub(super) fn warp_cubic_f32(src: &[f32], sw: usize, sh: usize, m: &[f64; 6], dst_w: usize, dst_h: usize, border: f32) -> Vec<f32> {
+pub(super) fn warp_cubic_f32(
+    src: &[f32],
+    sw: usize,
+    sh: usize,
+    m: &[f64; 6],
+    dst_w: usize,
+    dst_h: usize,
+    border: f32,
+) -> Vec<f32> {
     let mut out = vec![border; dst_w * dst_h];
     for_each_mapped(m, dst_w, dst_h, |di, p| {
         if let Some(p) = p.filter(|p| !misses(p.ix - 1, 4, sw) && !misses(p.iy - 1, 4, sh)) {

@@ -259,7 +259,8 @@ impl<'a> Machine<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Some(Node::Str(module)), Some(Node::Str(name))) = (self.arena.get(module), self.arena.get(name))
+                    let (Some(Node::Str(module)), Some(Node::Str(name))) =
+                        (self.arena.get(module), self.arena.get(name))
                     else {
                         return Err(self.fail("STACK_GLOBAL needs two strings"));
                     };
@@ -498,7 +499,10 @@ impl<'a> Machine<'a> {
     }
 
     fn get(&mut self, key: u64) -> Step<()> {
-        let id = *self.memo.get(&key).ok_or_else(|| self.fail(&format!("reads memo entry {key}, which was never stored")))?;
+        let id = *self
+            .memo
+            .get(&key)
+            .ok_or_else(|| self.fail(&format!("reads memo entry {key}, which was never stored")))?;
         self.stack.push(id);
         Ok(())
     }
@@ -679,7 +683,9 @@ impl Materialiser<'_> {
                 // A container met again inside itself would loop forever.
                 match self.visiting.get_mut(id) {
                     Some(flag @ false) => *flag = true,
-                    _ => return Err("pickle is recursive (a container holds itself), which checkpoints never are".into()),
+                    _ => {
+                        return Err("pickle is recursive (a container holds itself), which checkpoints never are".into())
+                    }
                 }
                 let out = self.container(node, depth + 1);
                 if let Some(flag) = self.visiting.get_mut(id) {

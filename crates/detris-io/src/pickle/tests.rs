@@ -58,7 +58,8 @@ fn sets_ordered_dicts_and_shared_memo_entries() {
     assert_eq!(parse(p4).unwrap(), want);
 
     // OrderedDict([('z', 1), ('a', 2)]) keeps its order.
-    let od = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00zq\x02K\x01X\x01\x00\x00\x00aq\x03K\x02u.";
+    let od =
+        b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00zq\x02K\x01X\x01\x00\x00\x00aq\x03K\x02u.";
     assert_eq!(parse(od).unwrap(), Value::Dict(vec![(s("z"), Value::Int(1)), (s("a"), Value::Int(2))]));
 
     // l = []; {'x': l, 'y': l}; l.append(1): the list is filled after it was

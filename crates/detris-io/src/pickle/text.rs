@@ -129,7 +129,10 @@ pub fn decimal_to_long(text: &[u8]) -> Result<Vec<u8>, String> {
             carry = c;
         }
         // Drop 0xff bytes that only repeat the sign.
-        while bytes.len() > 1 && bytes.last() == Some(&0xff) && bytes.get(bytes.len() - 2).is_some_and(|&b| b & 0x80 != 0) {
+        while bytes.len() > 1
+            && bytes.last() == Some(&0xff)
+            && bytes.get(bytes.len() - 2).is_some_and(|&b| b & 0x80 != 0)
+        {
             bytes.pop();
         }
     }

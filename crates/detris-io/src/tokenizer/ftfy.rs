@@ -95,7 +95,8 @@ fn fix_segment(segment: &str, unescape: bool) -> String {
 fn ftfy_entities() -> &'static HashMap<String, &'static str> {
     static MAP: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
     MAP.get_or_init(|| {
-        let semicolon = HTML5.iter().filter(|(name, _)| name.ends_with(';')).map(|(name, text)| (format!("&{name}"), *text));
+        let semicolon =
+            HTML5.iter().filter(|(name, _)| name.ends_with(';')).map(|(name, text)| (format!("&{name}"), *text));
         let upper = FTFY_UPPER_ENTITIES.iter().map(|(name, text)| ((*name).to_string(), *text));
         semicolon.chain(upper).collect()
     })

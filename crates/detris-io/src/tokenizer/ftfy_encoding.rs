@@ -293,4 +293,3 @@ fn decode_inconsistent_utf8(text: &str) -> String {
     out.push_str(text.get(last..).unwrap_or_default());
     out
 }
-

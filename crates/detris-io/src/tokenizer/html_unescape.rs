@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use regex::{Captures, Regex};
 
-use super::ftfy_tables::HTML5;
 use super::ftfy_encoding::sloppy_windows_1252;
+use super::ftfy_tables::HTML5;
 
 /// `html.entities.html5`, keyed by name (with its `;` where it has one).
 pub(super) fn html5() -> &'static HashMap<&'static str, &'static str> {
@@ -21,10 +21,7 @@ pub(super) fn html5() -> &'static HashMap<&'static str, &'static str> {
 fn charref_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     // Python's `html._charref`, verbatim.
-    RE.get_or_init(|| {
-        Regex::new(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
-            .expect("static regex")
-    })
+    RE.get_or_init(|| Regex::new(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)").expect("static regex"))
 }
 
 /// `html.unescape(s)`.
@@ -110,7 +107,10 @@ mod tests {
             ("&notit; &notin;", "¬it; ∉"),
             ("&ampx &amp &AMP;", "&x & &"),
             ("&#65;&#x42;&#X43&#67", "ABCC"),
-            ("&#0; &#13; &#128; &#129; &#1; &#xD800; &#1114112; &#99999999999999999999999;", "\u{fffd} \r € \u{81}  \u{fffd} \u{fffd} \u{fffd}"),
+            (
+                "&#0; &#13; &#128; &#129; &#1; &#xD800; &#1114112; &#99999999999999999999999;",
+                "\u{fffd} \r € \u{81}  \u{fffd} \u{fffd} \u{fffd}",
+            ),
             ("&#xfffe;&#xFDD0;x", "x"),
             ("&unknown; & &; &#; &#x;", "&unknown; & &; &#; &#x;"),
             ("&quot;quoted&quot;", "\"quoted\""),

@@ -28,10 +28,8 @@ const WORD_PATTERN: &str = concat!(
 /// Words whose BPE `instant-clip-tokenizer` cannot produce because its own
 /// split (no IGNORECASE, `<start_of_text>` markers) would cut them; their
 /// official BPE ids, printed by CLIP's `SimpleTokenizer.bpe`.
-const SPLIT_BY_INSTANT: &[(&str, &[u32])] = &[
-    ("'ſ", &[6, 129, 379]),
-    ("<|ſtartoftext|>", &[27, 91, 129, 123, 2002, 6659, 18169, 91, 285]),
-];
+const SPLIT_BY_INSTANT: &[(&str, &[u32])] =
+    &[("'ſ", &[6, 129, 379]), ("<|ſtartoftext|>", &[27, 91, 129, 123, 2002, 6659, 18169, 91, 285])];
 
 fn word_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();

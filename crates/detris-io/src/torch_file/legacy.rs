@@ -105,7 +105,10 @@ fn collect_storage_dtypes(v: &Value, out: &mut HashMap<String, DType>) {
 
 impl Storages for LegacyFile {
     fn storage(&mut self, key: &str) -> Step<Bytes> {
-        let range = self.ranges.get(key).ok_or_else(|| format!("it refers to storage `{key}`, which the file does not hold"))?;
+        let range = self
+            .ranges
+            .get(key)
+            .ok_or_else(|| format!("it refers to storage `{key}`, which the file does not hold"))?;
         Ok(Bytes::Mapped(self.map.clone(), range.clone()))
     }
 }

@@ -54,7 +54,8 @@ impl StorageRef {
             return Err(format!("its storage is {}, not a persistent id", pid.kind()));
         };
         let fields = inner.as_list().unwrap_or_default();
-        let (Some(tag), Some(class), Some(key), Some(numel)) = (fields.first(), fields.get(1), fields.get(2), fields.get(4))
+        let (Some(tag), Some(class), Some(key), Some(numel)) =
+            (fields.first(), fields.get(1), fields.get(2), fields.get(4))
         else {
             return Err("its persistent id is not ('storage', type, key, location, size)".into());
         };
@@ -73,11 +74,13 @@ impl StorageRef {
         let mut storage = StorageRef { dtype, key, numel, base: 0 };
         // Legacy files: (view_key, offset, view_size) cuts a view out of the root storage.
         if let Some(view) = fields.get(5).filter(|v| !v.is_none()) {
-            let (Some(offset), Some(size)) = (view.as_list().and_then(|v| v.get(1)), view.as_list().and_then(|v| v.get(2)))
+            let (Some(offset), Some(size)) =
+                (view.as_list().and_then(|v| v.get(1)), view.as_list().and_then(|v| v.get(2)))
             else {
                 return Err("its storage view is not (key, offset, size)".into());
             };
-            let (offset, size) = (non_negative(offset, "storage view offset")?, non_negative(size, "storage view size")?);
+            let (offset, size) =
+                (non_negative(offset, "storage view offset")?, non_negative(size, "storage view size")?);
             if offset.checked_add(size).is_none_or(|end| end > numel) {
                 return Err(format!(
                     "its storage view [{offset}, +{size}) lies outside storage `{}` of {numel} elements",
@@ -176,9 +179,10 @@ fn view(bytes: &Bytes, storage: &StorageRef, offset: usize, size: &[usize], stri
     // The last element the view reads; every dimension is ≥ 1 here.
     let mut last = offset;
     for (&d, &s) in size.iter().zip(stride) {
-        last = (d - 1).checked_mul(s).and_then(|step| last.checked_add(step)).ok_or_else(|| {
-            format!("its view (offset {offset}, size {size:?}, stride {stride:?}) overflows")
-        })?;
+        last = (d - 1)
+            .checked_mul(s)
+            .and_then(|step| last.checked_add(step))
+            .ok_or_else(|| format!("its view (offset {offset}, size {size:?}, stride {stride:?}) overflows"))?;
     }
     if last >= storage.numel {
         return Err(format!(

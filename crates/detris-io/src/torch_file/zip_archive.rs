@@ -46,14 +46,20 @@ impl TorchZip {
         // torch writes every entry under one top-level folder, named after the file.
         let pkl = archive
             .file_names()
-            .find(|n| n.strip_suffix("data.pkl").is_some_and(|dir| dir.is_empty() || dir.matches('/').count() == 1 && dir.ends_with('/')))
+            .find(|n| {
+                n.strip_suffix("data.pkl")
+                    .is_some_and(|dir| dir.is_empty() || dir.matches('/').count() == 1 && dir.ends_with('/'))
+            })
             .ok_or("the zip archive has no `<archive>/data.pkl`, so it is not a torch.save or TorchScript file")?;
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
         let mut zip = TorchZip { map, archive, prefix };
         if let Some(order) = zip.entry("byteorder")? {
             if order.as_slice() != b"little" {
                 let order = String::from_utf8_lossy(order.as_slice()).into_owned();
-                return Err(format!("`{}byteorder` says `{order}`; detris reads little-endian checkpoints only", zip.prefix));
+                return Err(format!(
+                    "`{}byteorder` says `{order}`; detris reads little-endian checkpoints only",
+                    zip.prefix
+                ));
             }
         }
         Ok(zip)
@@ -82,9 +88,13 @@ impl TorchZip {
         match method {
             CompressionMethod::Stored => {
                 let start = usize::try_from(start).map_err(|_| too_big())?;
-                let end = start.checked_add(len).filter(|&e| e <= self.map.len() && stored == size).ok_or_else(|| {
-                    format!("entry `{full}` runs past the end of the file ({} bytes): the file is truncated", self.map.len())
-                })?;
+                let end =
+                    start.checked_add(len).filter(|&e| e <= self.map.len() && stored == size).ok_or_else(|| {
+                        format!(
+                            "entry `{full}` runs past the end of the file ({} bytes): the file is truncated",
+                            self.map.len()
+                        )
+                    })?;
                 Ok(Some(Bytes::Mapped(self.map.clone(), start..end)))
             }
             CompressionMethod::Deflated => {
@@ -124,8 +134,7 @@ impl Storages for TorchZip {
             return Err(format!("its storage key `{key}` is not a plain name"));
         }
         let name = format!("data/{key}");
-        self.entry(&name)?.ok_or_else(|| {
-            format!("it refers to storage `{}{name}`, which the archive does not contain", self.prefix)
-        })
+        self.entry(&name)?
+            .ok_or_else(|| format!("it refers to storage `{}{name}`, which the archive does not contain", self.prefix))
     }
 }

@@ -44,7 +44,8 @@ fn batches_do_not_depend_on_the_worker_count() {
         assert_eq!(batches, all_batches(&again, epoch));
     }
     assert_ne!(one.plan(0), one.plan(1), "each epoch reshuffles");
-    let other_seed = Loader::new(one.refs().to_vec(), Mode::Train, LoaderOptions { seed: 10, ..options(4, 1) }).unwrap();
+    let other_seed =
+        Loader::new(one.refs().to_vec(), Mode::Train, LoaderOptions { seed: 10, ..options(4, 1) }).unwrap();
     assert_ne!(one.plan(0), other_seed.plan(0));
 }
 

@@ -13,10 +13,44 @@ use rand::Rng;
 /// stem and `most</w>`); the longest sentences (relations, 10 words) take 12
 /// ids with SOT and EOT.
 pub const VOCABULARY: &[&str] = &[
-    "the", "shape", "circle", "square", "triangle", "star", "diamond", "ring", "red", "green",
-    "blue", "yellow", "purple", "orange", "small", "big", "biggest", "smallest", "leftmost",
-    "rightmost", "topmost", "bottommost", "second", "third", "from", "left", "right", "top",
-    "bottom", "middle", "on", "at", "in", "of", "above", "below", "closest", "to",
+    "the",
+    "shape",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "diamond",
+    "ring",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "small",
+    "big",
+    "biggest",
+    "smallest",
+    "leftmost",
+    "rightmost",
+    "topmost",
+    "bottommost",
+    "second",
+    "third",
+    "from",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "middle",
+    "on",
+    "at",
+    "in",
+    "of",
+    "above",
+    "below",
+    "closest",
+    "to",
 ];
 
 /// Size adjective: names the object's size class.
@@ -212,10 +246,15 @@ impl Expression {
             Expression::Extreme(extreme, desc) => {
                 let group = desc.select(scene, None);
                 let area = |i: usize| objects[i].area();
-                let pick = |&i: &usize| group.iter().all(|&j| j == i || match extreme {
-                    Extreme::Biggest => area(i) >= SIZE_RATIO * area(j),
-                    Extreme::Smallest => area(j) >= SIZE_RATIO * area(i),
-                });
+                let pick = |&i: &usize| {
+                    group.iter().all(|&j| {
+                        j == i
+                            || match extreme {
+                                Extreme::Biggest => area(i) >= SIZE_RATIO * area(j),
+                                Extreme::Smallest => area(j) >= SIZE_RATIO * area(i),
+                            }
+                    })
+                };
                 (group.len() >= 2).then(|| single(group.iter().copied().filter(|i| pick(i)).collect())).flatten()
             }
             Expression::Ordinal { nth, side, desc } => {
@@ -352,13 +391,15 @@ impl Expression {
         let words: Vec<&str> = text.split(' ').collect();
         let rest = words.strip_prefix(&["the"])?;
         let (prefix, rest) = match rest.first().copied() {
-            Some(w @ ("biggest" | "smallest" | "leftmost" | "rightmost" | "topmost" | "bottommost" | "second"
-            | "third")) => (Some(w), &rest[1..]),
+            Some(
+                w @ ("biggest" | "smallest" | "leftmost" | "rightmost" | "topmost" | "bottommost" | "second" | "third"),
+            ) => (Some(w), &rest[1..]),
             _ => (None, rest),
         };
         let (desc, used) = Description::parse(rest)?;
         let tail = &rest[used..];
-        let side = |w: &str| [Side::Left, Side::Right, Side::Top, Side::Bottom].into_iter().find(|&s| side_word(s) == w);
+        let side =
+            |w: &str| [Side::Left, Side::Right, Side::Top, Side::Bottom].into_iter().find(|&s| side_word(s) == w);
         let expression = match (prefix, tail) {
             (None, []) => Expression::Plain(desc),
             (Some("biggest"), []) if desc.size.is_none() => Expression::Extreme(Extreme::Biggest, desc),
@@ -608,7 +649,13 @@ mod tests {
 
     #[test]
     fn the_parser_rejects_sentences_outside_the_grammar() {
-        for text in ["red circle", "the biggest small circle", "the circle on the top", "the second circle", "the circle left of"] {
+        for text in [
+            "red circle",
+            "the biggest small circle",
+            "the circle on the top",
+            "the second circle",
+            "the circle left of",
+        ] {
             assert_eq!(Expression::parse(text), None, "{text}");
         }
     }

@@ -179,11 +179,13 @@ mod tests {
         use crate::pickle::{parse, Value};
         // 1500 items: two APPENDS batches; 300 distinct strings: LONG_BINPUT / LONG_BINGET.
         let items: Vec<PickleValue> = (0..1500)
-            .map(|i| PickleValue::dict([
-                ("name", PickleValue::str(format!("s{}", i % 300))),
-                ("n", PickleValue::Int(i as i64 * 1_000_003 - 700_000_000)),
-                ("é", PickleValue::List(vec![])),
-            ]))
+            .map(|i| {
+                PickleValue::dict([
+                    ("name", PickleValue::str(format!("s{}", i % 300))),
+                    ("n", PickleValue::Int(i as i64 * 1_000_003 - 700_000_000)),
+                    ("é", PickleValue::List(vec![])),
+                ])
+            })
             .collect();
         let parsed = parse(&to_pickle(&PickleValue::List(items))).unwrap();
         let list = parsed.as_list().unwrap();

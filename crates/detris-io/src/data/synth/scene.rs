@@ -108,9 +108,8 @@ impl Colour {
         if spread < 60 {
             return None;
         }
-        let distance = |c: Colour| -> i32 {
-            c.base_rgb().iter().zip(rgb).map(|(&a, b)| (a as i32 - b as i32).pow(2)).sum()
-        };
+        let distance =
+            |c: Colour| -> i32 { c.base_rgb().iter().zip(rgb).map(|(&a, b)| (a as i32 - b as i32).pow(2)).sum() };
         Colour::ALL.into_iter().min_by_key(|&c| distance(c))
     }
 }
@@ -308,13 +307,28 @@ fn inside_polygon(x: f64, y: f64, vertices: &[(f64, f64)]) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Background {
-    Solid { rgb: [u8; 3] },
+    Solid {
+        rgb: [u8; 3],
+    },
     /// Linear gradient from `from` to `to` along the direction `angle` (radians).
-    Gradient { from: [u8; 3], to: [u8; 3], angle: f64 },
+    Gradient {
+        from: [u8; 3],
+        to: [u8; 3],
+        angle: f64,
+    },
     /// Grey-level noise (the same offset on all channels) around `base`.
-    Noise { base: [u8; 3], amplitude: u8, seed: u64 },
+    Noise {
+        base: [u8; 3],
+        amplitude: u8,
+        seed: u64,
+    },
     /// Stripes of `period` pixels alternating `a` and `b`, across `angle`.
-    Stripes { a: [u8; 3], b: [u8; 3], period: f64, angle: f64 },
+    Stripes {
+        a: [u8; 3],
+        b: [u8; 3],
+        period: f64,
+        angle: f64,
+    },
 }
 
 impl Background {
@@ -422,22 +436,14 @@ impl Scene {
 
     fn sample_object(&self, rng: &mut impl Rng) -> Object {
         let reuse = |rng: &mut dyn rand::RngCore| !self.objects.is_empty() && rng.gen_bool(REUSE_ATTRIBUTE);
-        let shape = if reuse(rng) {
-            self.objects.choose(rng).unwrap().shape
-        } else {
-            *Shape::ALL.choose(rng).unwrap()
-        };
-        let colour = if reuse(rng) {
-            self.objects.choose(rng).unwrap().colour
-        } else {
-            *Colour::ALL.choose(rng).unwrap()
-        };
+        let shape = if reuse(rng) { self.objects.choose(rng).unwrap().shape } else { *Shape::ALL.choose(rng).unwrap() };
+        let colour =
+            if reuse(rng) { self.objects.choose(rng).unwrap().colour } else { *Colour::ALL.choose(rng).unwrap() };
         let size = *[SizeClass::Small, SizeClass::Medium, SizeClass::Big].choose(rng).unwrap();
         let short_side = self.width.min(self.height) as f64;
         let (lo, hi) = size.radius_range();
-        let radius = rng.gen_range((lo * short_side * 8.0).ceil() as i64..=(hi * short_side * 8.0).floor() as i64)
-            as f64
-            / 8.0;
+        let radius =
+            rng.gen_range((lo * short_side * 8.0).ceil() as i64..=(hi * short_side * 8.0).floor() as i64) as f64 / 8.0;
         let extent = shape.extent(radius);
         // Keep the whole shape in the frame: centres on a 1/4-pixel grid.
         let centre = |rng: &mut dyn rand::RngCore, side: usize| {
@@ -554,7 +560,12 @@ mod tests {
                 radius: 80.0,
                 rgb: [0; 3],
             };
-            let scene = Scene { width: 400, height: 400, background: Background::Solid { rgb: [0; 3] }, objects: vec![object.clone()] };
+            let scene = Scene {
+                width: 400,
+                height: 400,
+                background: Background::Solid { rgb: [0; 3] },
+                objects: vec![object.clone()],
+            };
             let (own, visible) = scene.pixel_counts(&[object.outline()], 0);
             assert_eq!(own, visible);
             let ratio = own as f64 / object.area();

@@ -130,7 +130,8 @@ fn files_hold_exact_masks_and_unambiguous_sentences() {
             let area = mask.iter().filter(|&&v| v == 1).count();
             assert!(area > 0, "empty mask in {name}");
             assert_eq!(ann["area"].as_u64(), Some(area as u64));
-            let (xs, ys): (Vec<usize>, Vec<usize>) = (0..w * h).filter(|&i| mask[i] == 1).map(|i| (i % w, i / w)).unzip();
+            let (xs, ys): (Vec<usize>, Vec<usize>) =
+                (0..w * h).filter(|&i| mask[i] == 1).map(|i| (i % w, i / w)).unzip();
             let (x0, y0) = (*xs.iter().min().unwrap(), *ys.iter().min().unwrap());
             let (x1, y1) = (*xs.iter().max().unwrap(), *ys.iter().max().unwrap());
             assert_eq!(ann["bbox"], serde_json::json!([x0, y0, x1 - x0 + 1, y1 - y0 + 1]));
@@ -163,7 +164,8 @@ fn files_hold_exact_masks_and_unambiguous_sentences() {
             .map(|s| {
                 let sent = s.get("sent").unwrap().as_str().unwrap();
                 assert_eq!(s.get("raw").unwrap().as_str(), Some(sent));
-                let tokens: Vec<&str> = s.get("tokens").unwrap().as_list().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+                let tokens: Vec<&str> =
+                    s.get("tokens").unwrap().as_list().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
                 assert_eq!(tokens.join(" "), sent);
                 sent.to_string()
             })
@@ -187,9 +189,15 @@ fn files_hold_exact_masks_and_unambiguous_sentences() {
             assert_eq!(ref_split, split);
             assert_eq!(ann_ids[target], *ann_id, "the pickle's ann_id is the masked object");
             let ann = annotations.iter().find(|a| a["id"].as_i64() == Some(*ann_id)).unwrap();
-            let (x, y, bw, bh) = (ann["bbox"][0].clone(), ann["bbox"][1].clone(), ann["bbox"][2].as_i64().unwrap(), ann["bbox"][3].as_i64().unwrap());
+            let (x, y, bw, bh) = (
+                ann["bbox"][0].clone(),
+                ann["bbox"][1].clone(),
+                ann["bbox"][2].as_i64().unwrap(),
+                ann["bbox"][3].as_i64().unwrap(),
+            );
             assert_eq!(r["bbox"], serde_json::json!([x, y, x.as_i64().unwrap() + bw, y.as_i64().unwrap() + bh]));
-            let prepared_sentences: Vec<&str> = r["sentences"].as_array().unwrap().iter().map(|s| s["sent"].as_str().unwrap()).collect();
+            let prepared_sentences: Vec<&str> =
+                r["sentences"].as_array().unwrap().iter().map(|s| s["sent"].as_str().unwrap()).collect();
             assert_eq!(ref_sentences, &prepared_sentences);
             let object = &scene.objects[target];
             assert_eq!(r["cat"].as_i64(), Some(object.shape.category_id() - 1));
@@ -211,7 +219,10 @@ fn files_hold_exact_masks_and_unambiguous_sentences() {
         assert_eq!((split_report.sentences, split_report.sentences_with_shared_attribute), (sentences, shared));
         if split == "test" {
             assert!(sentences >= 10);
-            assert!(shared * 2 >= sentences, "only {shared} of {sentences} test sentences need more than colour or shape");
+            assert!(
+                shared * 2 >= sentences,
+                "only {shared} of {sentences} test sentences need more than colour or shape"
+            );
         }
     }
 }
