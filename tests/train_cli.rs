@@ -9,12 +9,12 @@ use std::process::Command;
 use common::max_abs_diff;
 use tch::Tensor;
 
+fn detris_unchecked(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_detris")).args(args).env("DETRIS_NO_PROGRESS", "1").output().expect("run detris")
+}
+
 fn detris(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_detris"))
-        .args(args)
-        .env("DETRIS_NO_PROGRESS", "1")
-        .output()
-        .expect("run detris");
+    let out = detris_unchecked(args);
     assert!(
         out.status.success(),
         "detris {args:?} failed:\n{}\n{}",
@@ -40,6 +40,10 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str]) {
+    detris(&train_args(data, cfg, out, extra));
+}
+
+fn train_args<'a>(data: &'a Path, cfg: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "train",
         "--random-init",
@@ -71,7 +75,7 @@ fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str]) {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    detris(&args);
+    args
 }
 
 fn tensors(path: &Path) -> Vec<(String, Tensor)> {
@@ -98,6 +102,44 @@ fn resume_continues_bit_identically() {
         assert_eq!(na, nb);
         assert_eq!(max_abs_diff(ta, tb), 0.0, "{na} differs after resume");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("detris-nan-loss-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = setup(&dir);
+    let out = dir.join("run");
+    // Adam moves every weight by about lr per step: at 1e30 the first step
+    // leaves finite weights of that size, and the second forward overflows.
+    let mut args = train_args(&data, &cfg, &out, &["--train-backbones", "--save-every", "1", "--max-steps", "6"]);
+    let lr = args.iter().position(|a| *a == "--lr").unwrap() + 1;
+    args[lr] = "1e30";
+    let o = detris_unchecked(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "training went on with a NaN loss:\n{stderr}");
+    assert!(stderr.contains("the loss became") && stderr.contains("last good checkpoint"), "{stderr}");
+    // The checkpoint left behind is whole, finite, and loads.
+    let last = out.join("last.safetensors");
+    for (name, t) in tensors(&last) {
+        assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in {}", last.display());
+    }
+    detris(&[
+        "eval",
+        "--checkpoint",
+        last.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        "synth",
+        "--split",
+        "val",
+        "--limit",
+        "2",
+        "--threads",
+        "1",
+    ]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

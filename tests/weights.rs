@@ -95,6 +95,34 @@ fn detris_safetensors_round_trip_needs_no_side_flags_and_detects_tampering() {
 }
 
 #[test]
+fn weights_with_nan_or_infinity_are_refused_naming_the_tensor() {
+    let dir = std::env::temp_dir().join(format!("detris-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model =
+        load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &tiny_choice())
+            .unwrap();
+    for (value, name) in [(f64::NAN, "nan"), (f64::INFINITY, "inf")] {
+        let mut w = model.vs.variables()["neck.txt_proj.weight"].shallow_clone();
+        let saved = w.copy();
+        tch::no_grad(|| {
+            let _ = w.view(-1).narrow(0, 3, 1).fill_(value);
+        });
+        // A well-formed file (its checksum matches): only the values are wrong.
+        let path = dir.join(format!("{name}.safetensors"));
+        weights::save_model(&model, &path, false).unwrap();
+        tch::no_grad(|| w.copy_(&saved));
+        let e = load(WeightFiles { checkpoint: Some(path.clone()), ..Default::default() }, &ConfigChoice::default())
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("NaN or infinity in neck.txt_proj.weight") && msg.contains(&*path.to_string_lossy()),
+            "{msg}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_checkpoint_of_another_variant_is_refused_with_the_shapes_that_disagree() {
     let choice = ConfigChoice { variant: Some("detris-b".into()), ..Default::default() };
     let e = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &choice)
