@@ -206,44 +206,8 @@ fn killed_and_resumed_runs_end_bit_identical() {
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
     train(&data, &cfg, &straight, &["--max-steps", "8", "--save-every", "1"]);
     let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--random-init",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--dataset",
-            "synth",
-            "--epochs",
-            "2",
-            "--milestones",
-            "1",
-            "--batch-size",
-            "8",
-            "--lr",
-            "3e-4",
-            "--seed",
-            "5",
-            "--threads",
-            "1",
-            "--workers",
-            "2",
-            "--device",
-            "cpu",
-            "--val-limit",
-            "6",
-            "--out",
-            out.to_str().unwrap(),
-            "--max-steps",
-            "8",
-            "--save-every",
-            "1",
-            "--resume",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let extra = ["--max-steps", "8", "--save-every", "1", "--resume"];
+        train_args(&data, &cfg, out, &extra).iter().map(|s| s.to_string()).collect()
     };
     // Deterministic pseudo-random kill delays (no clock-seeded randomness in tests).
     let delays_ms = [700u64, 1900, 300, 2600, 1200, 3100, 900, 2200];
