@@ -68,9 +68,20 @@ fn several_sentences_in_one_batch_equal_one_pass_each() {
     let io = read_st("tiny/io.safetensors");
     let img = io["input.img"].narrow(0, 1, 1);
     let ids = &io["input.word"];
-    let batched = tch::no_grad(|| model.forward_sentences(&img, ids, &Ctx::eval()));
+    let k_all = ids.size()[0];
+    assert!(k_all >= 2, "the fixture has several sentences");
+    // One batch of all, batches of one (CPU's choice), and the device's choice.
+    for batch in [k_all, 1] {
+        let batched = tch::no_grad(|| model.forward_sentences_batched(&img, ids, batch, &Ctx::eval()));
+        let default = tch::no_grad(|| model.forward_sentences(&img, ids, &Ctx::eval()));
+        assert!(max_abs_diff(&batched, &default) < 1e-4);
+        check_one_pass_each(&model, &img, ids, &batched);
+    }
+}
+
+fn check_one_pass_each(model: &detris::Detris, img: &tch::Tensor, ids: &tch::Tensor, batched: &tch::Tensor) {
     for k in 0..ids.size()[0] {
-        let single = tch::no_grad(|| model.forward(&img, &ids.narrow(0, k, 1), &Ctx::eval()));
+        let single = tch::no_grad(|| model.forward(img, &ids.narrow(0, k, 1), &Ctx::eval()));
         // Same arithmetic up to batching order (f32 rounding, measured 1.3e-5 on
         // logits of scale 5): within the f32 parity tolerance 1e-4.
         let d = max_abs_diff(&batched.narrow(0, k, 1), &single);

@@ -13,10 +13,17 @@ use super::neck::Neck;
 use super::projector::Projector;
 use crate::config::DetrisConfig;
 
-/// Sentences per batch in [`Detris::forward_sentences`]. Bigger batches were
-/// slower per sentence on CPU (DETRIS-B at 448, 2 threads: 2.19 s per sentence
-/// at 4, 2.73 s at 16 in one batch) and their memory grows with the batch.
-pub const SENTENCE_BATCH: i64 = 4;
+/// Sentences per batch in [`Detris::forward_sentences`]. On CPU a batch buys
+/// nothing (the matrix products are already at the machine's peak with one
+/// sentence: DETRIS-B at 448, 2 threads, 2.19 s per sentence at 4, 2.73 s at 16
+/// in one batch) and costs memory, so sentences run one after the other there,
+/// sharing the text-independent blocks. A GPU is under-used by one sentence.
+pub fn sentence_batch(device: Device) -> i64 {
+    match device {
+        Device::Cpu => 1,
+        _ => 8,
+    }
+}
 
 pub struct Detris {
     pub config: DetrisConfig,
@@ -68,14 +75,20 @@ impl Detris {
 
     /// One image (1,3,S,S) and K sentences (K,L) → logits (K,1,4g,4g). The
     /// text-independent part of the image encoder runs once; the sentences
-    /// run in batches of at most [`SENTENCE_BATCH`].
+    /// run in batches of [`sentence_batch`].
     pub fn forward_sentences(&self, img: &Tensor, ids: &Tensor, ctx: &Ctx) -> Tensor {
+        self.forward_sentences_batched(img, ids, sentence_batch(self.device()), ctx)
+    }
+
+    /// [`Self::forward_sentences`] with `batch` sentences per pass.
+    pub fn forward_sentences_batched(&self, img: &Tensor, ids: &Tensor, batch: i64, ctx: &Ctx) -> Tensor {
+        assert!(batch > 0, "a batch holds at least one sentence");
         let shared = self.dino.shared_tokens(img, ctx);
         let k = ids.size()[0];
         let outs: Vec<Tensor> = (0..k)
-            .step_by(SENTENCE_BATCH as usize)
+            .step_by(batch as usize)
             .map(|start| {
-                let n = SENTENCE_BATCH.min(k - start);
+                let n = batch.min(k - start);
                 self.forward_from_shared(shared.repeat(n), &ids.narrow(0, start, n), ctx)
             })
             .collect();
