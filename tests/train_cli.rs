@@ -125,6 +125,7 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     for (name, t) in tensors(&last) {
         assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in {}", last.display());
     }
+    let json = dir.join("eval.json");
     detris(&[
         "eval",
         "--checkpoint",
@@ -139,6 +140,8 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
         "2",
         "--threads",
         "1",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     std::fs::remove_dir_all(&dir).ok();
 }
