@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         max_sentence_bytes: 256,
         max_sentence_tokens: 40,
     };
-    match parse_segment_request(&content_type, body, &limits, 17) {
+    match parse_segment_request(&content_type, body.to_vec(), &limits, 17) {
         Ok(req) => {
             let (w, h) = req.photo.dimensions();
             assert!(w >= MIN_SIDE && h >= MIN_SIDE && u64::from(w) * u64::from(h) <= limits.max_image_pixels);

@@ -254,7 +254,7 @@ async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<S
     // Parsing, the sentence limits and decoding are CPU work: off the async threads.
     let (request_limits, word_len) = (lim.request_limits(), st.info.word_len);
     let request = tokio::task::spawn_blocking(move || {
-        detris_io::request::parse_segment_request(&ctype, &bytes, &request_limits, word_len)
+        detris_io::request::parse_segment_request(&ctype, bytes, &request_limits, word_len)
     })
     .await
     .map_err(ApiError::internal)?

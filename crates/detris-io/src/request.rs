@@ -81,18 +81,19 @@ struct SegmentJson {
 }
 
 /// Parses and checks one request body. `content_type` is the header's value
-/// (empty when absent); `word_len` is the model's.
+/// (empty when absent); `word_len` is the model's. The body is taken as
+/// `Bytes` (a `Vec<u8>` converts) so that the server's buffer is not copied.
 pub fn parse_segment_request(
     content_type: &str,
-    body: &[u8],
+    body: impl Into<Bytes>,
     limits: &RequestLimits,
     word_len: usize,
 ) -> Result<SegmentRequest, Rejection> {
-    let ctype = content_type.to_ascii_lowercase();
+    let (ctype, body) = (content_type.to_ascii_lowercase(), body.into());
     let (image, texts) = if ctype.starts_with("multipart/form-data") {
         parse_multipart(content_type, body, limits.max_sentences)?
     } else if ctype.starts_with("application/json") {
-        parse_json(body)?
+        parse_json(&body)?
     } else {
         return Err(Rejection {
             status: 415,
@@ -139,11 +140,10 @@ fn decode_photo(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb, Reject
 type Parsed = (Option<(String, Bytes)>, Vec<String>);
 
 /// Fields `image` (one file) and `text` (one per sentence).
-fn parse_multipart(content_type: &str, body: &[u8], max_sentences: usize) -> Result<Parsed, Rejection> {
+fn parse_multipart(content_type: &str, body: Bytes, max_sentences: usize) -> Result<Parsed, Rejection> {
     let malformed = |e: multer::Error| Rejection::bad(format!("malformed multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(malformed)?;
-    let chunk = Bytes::copy_from_slice(body);
-    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(chunk) });
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
     let mut form = multer::Multipart::new(stream, boundary);
     let (mut image, mut texts) = (None, Vec::new());
     while let Some(field) = ready(form.next_field()).map_err(malformed)? {
@@ -269,13 +269,13 @@ mod tests {
     fn multipart_and_json_give_the_same_request() {
         let img = png(20, 12);
         let (ct, body) = form(&[("image", Some("a.png"), &img), ("text", None, b"the cup"), ("text", None, b"a dog")]);
-        let a = parse_segment_request(&ct, &body, &limits(), 17).unwrap();
+        let a = parse_segment_request(&ct, body.clone(), &limits(), 17).unwrap();
         assert_eq!(a.texts, ["the cup", "a dog"]);
         assert_eq!(a.token_counts, [4, 4]);
         assert_eq!(a.photo.dimensions(), (20, 12));
         let b64 = base64::engine::general_purpose::STANDARD.encode(&img);
         let json = format!(r#"{{"image": "data:image/png;base64,{b64}", "texts": ["the cup", "a dog"]}}"#);
-        let b = parse_segment_request("application/json; charset=utf-8", json.as_bytes(), &limits(), 17).unwrap();
+        let b = parse_segment_request("application/json; charset=utf-8", json.into_bytes(), &limits(), 17).unwrap();
         assert_eq!(b.texts, a.texts);
         assert_eq!(b.photo, a.photo);
     }
@@ -285,7 +285,7 @@ mod tests {
         let img = png(20, 12);
         let lim = limits();
         let check = |ct: &str, body: &[u8], status: u16, limit: Option<&str>, needle: &str| {
-            let r = parse_segment_request(ct, body, &lim, 17).unwrap_err();
+            let r = parse_segment_request(ct, body.to_vec(), &lim, 17).unwrap_err();
             assert_eq!((r.status, r.limit), (status, limit), "{r}");
             assert!(r.error.contains(needle), "`{}` lacks `{needle}`", r.error);
         };
