@@ -7,7 +7,7 @@
 #   (the official parameter-efficient recipe can run on top: --checkpoint
 #    stage1/best.safetensors without --train-backbones; the shipped file is stage 1);
 #   export : f16 weights with the vocabulary pruned to the synthetic words.
-# Usage: scripts/train-shipped.sh [WORK_DIR]   (about an hour on 2 cores)
+# Usage: scripts/train-shipped.sh [WORK_DIR]   (about an hour on an idle 2-core machine)
 # One intra-op thread: on a busy 2-core machine OpenMP's spinning threads made
 # a step 10x slower with 2 threads than with 1 (measured).
 set -euo pipefail
@@ -17,7 +17,7 @@ D() { "$ROOT/scripts/run.sh" "$@"; }
 mkdir -p "$WORK"
 D data synth --out "$WORK/data" --seed 7 --images 4000 --size 168 > "$WORK/data.json"
 D train --random-init --config "$ROOT/models/detris-synth.config.json" --train-backbones \
-    --data "$WORK/data" --dataset synth --epochs 5 --milestones 4 --lr 3e-4 --batch-size 16 \
+    --data "$WORK/data" --dataset synth --epochs 16 --milestones 13 --lr 3e-4 --batch-size 16 \
     --seed 7 --val-limit 300 --workers 1 --threads 1 --device cpu --save-every 100 --out "$WORK/stage1"
 D export --checkpoint "$WORK/stage1/best.safetensors" --f16 --prune-vocab "$WORK/data" --out "$ROOT/models/detris-synth.safetensors"
 # Evaluation on a test split drawn from seeds the training never saw.
