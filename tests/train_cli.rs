@@ -207,13 +207,17 @@ fn killed_and_resumed_runs_end_bit_identical() {
     let _ = std::fs::remove_dir_all(&dir);
     let (data, cfg) = setup(&dir);
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
+    let t0 = std::time::Instant::now();
     train(&data, &cfg, &straight, &["--max-steps", "8", "--save-every", "1"]);
+    let straight_time = t0.elapsed();
     let args = |out: &Path| -> Vec<String> {
         let extra = ["--max-steps", "8", "--save-every", "1", "--resume"];
         train_args(&data, &cfg, out, &extra).iter().map(|s| s.to_string()).collect()
     };
-    // Deterministic pseudo-random kill delays (no clock-seeded randomness in tests).
-    let delays_ms = [700u64, 1900, 300, 2600, 1200, 3100, 900, 2200];
+    // Kill moments as fixed fractions of the uninterrupted run's wall time, so
+    // that they fall inside the run on a fast machine and a slow one alike (no
+    // clock-seeded randomness in tests); each restart pays the start-up again.
+    let fractions = [0.3, 0.25, 0.5, 0.15, 0.7, 0.4, 0.9, 0.6];
     let mut kills = 0;
     for round in 0.. {
         let mut child = Command::new(env!("CARGO_BIN_EXE_detris"))
@@ -222,7 +226,7 @@ fn killed_and_resumed_runs_end_bit_identical() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let delay = std::time::Duration::from_millis(delays_ms[round % delays_ms.len()]);
+        let delay = straight_time.mul_f64(fractions[round % fractions.len()]);
         let started = std::time::Instant::now();
         let finished = loop {
             if let Some(status) = child.try_wait().unwrap() {
