@@ -11,7 +11,6 @@ use tch::{Kind, Tensor};
 
 use crate::model::{Ctx, Detris};
 
-pub use detris_io::image::MIN_SIDE;
 pub use detris_io::tokenizer::check_sentence;
 
 /// One sentence's result.
@@ -59,15 +58,12 @@ impl Segmenter {
     }
 
     /// Segments every sentence on one photo. The text-independent part of
-    /// the image encoder runs once and the sentences run as one batch.
+    /// the image encoder runs once (see [`Detris::forward_sentences`]).
     pub fn segment(&self, photo: &Rgb, sentences: &[String]) -> Result<Vec<SentenceMask>> {
         if sentences.is_empty() {
             bail!("no sentence given");
         }
-        let (w, h) = photo.dimensions();
-        if w < MIN_SIDE || h < MIN_SIDE {
-            bail!("the image is {w}×{h} pixels; detris needs at least {MIN_SIDE} pixels on each side");
-        }
+        image::check_min_side(photo)?;
         let tokens = sentences.iter().map(|s| self.tokenize(s)).collect::<Result<Vec<_>>>()?;
         let cfg = &self.model.config;
         let t0 = Instant::now();

@@ -54,14 +54,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         other => return Err(super::usage(format!("--post `{other}`: use test or demo"))),
     };
     let photo = image::load_rgb(&a.image).map_err(|e| super::usage(e.to_string()))?;
-    let (w, h) = photo.dimensions();
-    if w < detris::segment::MIN_SIDE || h < detris::segment::MIN_SIDE {
-        return Err(super::usage(format!(
-            "{}: the image is {w}×{h} pixels; detris needs at least {} pixels on each side",
-            a.image.display(),
-            detris::segment::MIN_SIDE
-        )));
-    }
+    image::check_min_side(&photo).map_err(|e| super::usage(format!("{}: {e}", a.image.display())))?;
     let model = a.model.load()?;
     let word_len = model.config.word_len;
     let mut seg = Segmenter::new(model);

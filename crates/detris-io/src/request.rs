@@ -20,7 +20,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::image::{self, Rgb, MIN_SIDE};
+use crate::image::{self, Rgb};
 use crate::tokenizer::{check_sentence, ClipTokenizer};
 
 /// What one request may hold. Each limit has the name that error bodies quote.
@@ -111,7 +111,7 @@ pub fn parse_segment_request(
 }
 
 /// The pixel limit from the header, before any pixel is decoded; then the
-/// decoded photo, at least [`MIN_SIDE`] on each side.
+/// decoded photo, at least [`image::MIN_SIDE`] on each side.
 fn decode_photo(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb, Rejection> {
     let dims =
         ::image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok());
@@ -126,14 +126,7 @@ fn decode_photo(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb, Reject
         }
     }
     let photo = image::decode_rgb(bytes, name).map_err(|e| Rejection::bad(e.to_string()))?;
-    let (w, h) = photo.dimensions();
-    if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(Rejection::limit(
-            400,
-            "min_image_side",
-            format!("the image is {w}×{h} pixels; detris needs at least {MIN_SIDE} pixels on each side"),
-        ));
-    }
+    image::check_min_side(&photo).map_err(|e| Rejection::limit(400, "min_image_side", e.to_string()))?;
     Ok(photo)
 }
 

@@ -26,5 +26,16 @@ pub use upsample::{sigmoid, upsample_bicubic_align_corners, upsample_bilinear_al
 /// Smallest photo side accepted: below it the letterbox has nothing to show.
 pub const MIN_SIDE: u32 = 8;
 
+/// Refuses a photo under [`MIN_SIDE`] on either side (the caller names the file).
+pub fn check_min_side(photo: &Rgb) -> crate::Result<()> {
+    let (w, h) = photo.dimensions();
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(crate::Error::input(format!(
+            "the image is {w}×{h} pixels; detris needs at least {MIN_SIDE} pixels on each side"
+        )));
+    }
+    Ok(())
+}
+
 /// A decoded photo: 8-bit RGB, row-major HWC (`width × height × 3` bytes).
 pub type Rgb = image::RgbImage;
