@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
+use crate::device::{parse_device, precision_kind};
 use crate::model::{Ctx, Detris, Levers};
 
 /// One measured configuration.
@@ -20,29 +21,54 @@ use crate::model::{Ctx, Detris, Levers};
 pub struct BenchCase {
     pub variant: String,
     pub input_size: usize,
-    /// Sentences about the one image.
+    /// Sentences about the one image (inference, batch 1).
     pub sentences: usize,
     /// `plain` (the official computation, one full pass per sentence), `fast`
-    /// (every lever, the text-independent blocks shared by the sentences), or
+    /// (the levers that measured faster, [`Levers::FAST`]; the text-independent
+    /// blocks shared by the sentences), or
     /// one lever's name (the plain mode plus that lever, see [`Levers::named`]).
     pub mode: String,
     pub threads: i32,
     pub device: String,
-    /// `f32`, `f16` or `bf16`.
+    /// `f32`, `f16` or `bf16`: the weights' type at inference, autocast's in training.
     pub precision: String,
+    /// Images per pass (each with one sentence).
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// A training step (forward, loss, backward, Adam) instead of inference.
+    #[serde(default)]
+    pub train: bool,
+    /// cuDNN on CUDA (the official training switches it off).
+    #[serde(default = "yes")]
+    pub cudnn: bool,
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchResult {
     pub case: BenchCase,
-    /// Median seconds per forward pass (the whole batch of sentences).
+    /// Median seconds per pass (the whole batch, or all the sentences).
     pub median_s: f64,
     pub min_s: f64,
     pub runs: usize,
     /// Peak resident memory of the process, bytes.
     pub peak_rss: u64,
-    /// Peak CUDA memory, bytes, where measured.
+    /// CUDA memory the case took at its peak (weights, activations, the
+    /// caching allocator's reserve, workspaces), bytes.
     pub peak_gpu: Option<u64>,
+}
+
+impl BenchResult {
+    /// Images per second (sentences per second for K sentences on one image).
+    pub fn per_second(&self) -> f64 {
+        (self.case.batch * self.case.sentences) as f64 / self.median_s
+    }
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), bytes.
@@ -74,27 +100,6 @@ pub fn randomise(model: &Detris, seed: i64) {
     });
 }
 
-pub fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        "auto" => Device::cuda_if_available(),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => anyhow::bail!("unknown device `{other}`: use cpu, cuda, cuda:N or auto"),
-        },
-    })
-}
-
-pub fn precision_kind(p: &str) -> Result<Kind> {
-    Ok(match p {
-        "f32" => Kind::Float,
-        "f16" => Kind::Half,
-        "bf16" => Kind::BFloat16,
-        other => anyhow::bail!("unknown precision `{other}`: use f32, f16 or bf16"),
-    })
-}
-
 impl BenchCase {
     pub fn levers(&self) -> Result<Levers> {
         match self.mode.as_str() {
@@ -106,6 +111,28 @@ impl BenchCase {
             }),
         }
     }
+
+    /// A short label for the table: the task and, on CUDA, cuDNN's state.
+    pub fn label(&self) -> String {
+        let task = if self.train { "train" } else { "infer" };
+        let cudnn = if self.device != "cpu" && !self.cudnn { " -cudnn" } else { "" };
+        format!("{task} {}{cudnn}", self.mode)
+    }
+}
+
+/// Sentences of realistic length: SOT, 8 words, EOT, padding. (n, L) int64.
+fn random_ids(cfg: &DetrisConfig, n: i64, device: Device) -> Tensor {
+    let ids = Tensor::zeros([n, cfg.word_len as i64], (Kind::Int64, device));
+    let _ = ids.narrow(1, 0, 1).fill_(cfg.sot);
+    let _ = ids.narrow(1, 1, 8).copy_(&Tensor::randint_low(300, 40000, [n, 8], (Kind::Int64, device)));
+    let _ = ids.narrow(1, 9, 1).fill_(cfg.eot);
+    ids
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(n) = device {
+        tch::Cuda::synchronize(n as i64);
+    }
 }
 
 /// Runs one case in this process.
@@ -114,58 +141,95 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         tch::set_num_threads(case.threads);
     }
     let device = parse_device(&case.device)?;
+    if case.batch == 0 || case.sentences == 0 {
+        anyhow::bail!("a bench case needs at least one image and one sentence");
+    }
+    if case.batch > 1 && case.sentences > 1 {
+        anyhow::bail!("K sentences are measured on one image (batch 1)");
+    }
+    let gpu_before = device.is_cuda().then(|| {
+        let _ = Tensor::zeros([1], (Kind::Float, device));
+        synchronize(device);
+        crate::device::cuda_memory_in_use()
+    });
+    if device.is_cuda() {
+        tch::Cuda::set_user_enabled_cudnn(case.cudnn);
+        tch::Cuda::cudnn_set_benchmark(case.cudnn);
+    }
     let mut cfg = DetrisConfig::variant(&case.variant)?;
     cfg.input_size = case.input_size;
     cfg.validate()?;
     let mut model = Detris::new(cfg.clone(), device)?;
     randomise(&model, 0);
-    model.vs.freeze();
     let kind = precision_kind(&case.precision)?;
-    if kind != Kind::Float {
-        model.vs.set_kind(kind);
-    }
     let s = cfg.input_size as i64;
-    let k = case.sentences as i64;
-    let img = Tensor::randn([1, 3, s, s], (kind, device));
-    // Sentences of realistic length: SOT, 8 words, EOT, padding.
-    let ids = Tensor::zeros([k, cfg.word_len as i64], (Kind::Int64, device));
-    let _ = ids.narrow(1, 0, 1).fill_(cfg.sot);
-    let _ = ids.narrow(1, 1, 8).copy_(&Tensor::randint_low(300, 40000, [k, 8], (Kind::Int64, device)));
-    let _ = ids.narrow(1, 9, 1).fill_(cfg.eot);
-    let ctx = Ctx { train: false, levers: case.levers()?, trace: None };
-    let shared = case.mode == "fast";
-    let forward = || {
-        tch::no_grad(|| {
-            let out = if shared {
-                model.forward_sentences(&img, &ids, &ctx)
-            } else {
-                // The other modes run one full pass per sentence, as the official code.
-                let outs: Vec<Tensor> = (0..k).map(|i| model.forward(&img, &ids.narrow(0, i, 1), &ctx)).collect();
-                Tensor::cat(&outs, 0)
-            };
-            if let Device::Cuda(_) = device {
-                tch::Cuda::synchronize(0);
-            }
-            out
+    let b = case.batch as i64;
+    let levers = case.levers()?;
+    let mut pass: Box<dyn FnMut() -> Result<()> + '_> = if case.train {
+        // The official recipe: backbones frozen, adapters, neck, decoder and
+        // projector trained; the precision is autocast's.
+        let mut precision = crate::train::trainer::Precision::new(&case.precision, device)?;
+        let trainable: Vec<(String, Tensor)> =
+            model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        let mut opt = crate::train::adam::Adam::new(trainable, 1e-4);
+        let img = Tensor::randn([b, 3, s, s], (Kind::Float, device));
+        let ids = random_ids(&cfg, b, device);
+        let target = Tensor::rand([b, 1, s, s], (Kind::Float, device)).gt(0.7).to_kind(Kind::Float);
+        let model = &model;
+        Box::new(move || {
+            crate::train::trainer::train_step(model, &mut opt, &img, &ids, &target, levers, &mut precision)?;
+            synchronize(device);
+            Ok(())
+        })
+    } else {
+        model.vs.freeze();
+        if kind != Kind::Float {
+            model.vs.set_kind(kind);
+        }
+        let model = &model;
+        let k = case.sentences as i64;
+        let img = Tensor::randn([b, 3, s, s], (kind, device));
+        let ids = random_ids(&cfg, b * k, device);
+        let ctx = Ctx { train: false, levers, trace: None };
+        let shared = case.mode == "fast";
+        Box::new(move || {
+            tch::no_grad(|| {
+                let _out = if b > 1 {
+                    model.forward(&img, &ids, &ctx)
+                } else if shared {
+                    model.forward_sentences(&img, &ids, &ctx)
+                } else {
+                    // The other modes run one full pass per sentence, as the official code.
+                    let outs: Vec<Tensor> = (0..k).map(|i| model.forward(&img, &ids.narrow(0, i, 1), &ctx)).collect();
+                    Tensor::cat(&outs, 0)
+                };
+                synchronize(device);
+            });
+            Ok(())
         })
     };
     for _ in 0..warmup {
-        let _ = forward();
+        pass()?;
     }
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        let _ = forward();
+        pass()?;
         times.push(t.elapsed().as_secs_f64());
     }
+    drop(pass);
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let peak_gpu = match gpu_before.flatten() {
+        Some(before) => crate::device::cuda_memory_in_use().map(|now| now.saturating_sub(before)),
+        None => None,
+    };
     Ok(BenchResult {
         case: case.clone(),
         median_s: times[times.len() / 2],
         min_s: times[0],
         runs,
         peak_rss: peak_rss(),
-        peak_gpu: None,
+        peak_gpu,
     })
 }
 
@@ -200,55 +264,84 @@ pub fn gflop_per_image(variant: &str, input_size: usize) -> f64 {
 }
 
 /// The machine's matrix-multiply rate, GFLOP/s (best of several runs), for
-/// an `m×k · k×n` f32 product on `threads` threads: the ceiling that the
-/// model's GFLOP/s is compared with.
-pub fn sgemm_gflops(m: i64, k: i64, n: i64, threads: i32) -> f64 {
-    if threads > 0 {
-        tch::set_num_threads(threads);
-    }
-    let a = Tensor::randn([m, k], (Kind::Float, Device::Cpu));
-    let b = Tensor::randn([k, n], (Kind::Float, Device::Cpu));
+/// an `m×k · k×n` product in `kind` on `device`: the ceiling that the
+/// model's GFLOP/s is compared with. f32 on CUDA is true f32 (no TF32), as
+/// libtorch's default.
+pub fn matmul_gflops(m: i64, k: i64, n: i64, kind: Kind, device: Device) -> f64 {
+    let a = Tensor::randn([m, k], (kind, device));
+    let b = Tensor::randn([k, n], (kind, device));
     let _ = a.matmul(&b);
+    synchronize(device);
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
         let _ = a.matmul(&b);
+        synchronize(device);
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
-/// Prints one line per result; `peak_gflops` (the machine's sgemm rate) adds a
-/// "% of peak" column.
-pub fn print_table(results: &[BenchResult], peak_gflops: Option<f64>) {
+/// The reference a result is compared with: the plain mode (cuDNN off on
+/// CUDA, as the official code) of the same variant, size, sentences, batch
+/// and task.
+fn baseline<'a>(results: &'a [BenchResult], c: &BenchCase) -> Option<&'a BenchResult> {
+    results.iter().find(|p| {
+        let q = &p.case;
+        q.mode == "plain"
+            && q.precision == "f32"
+            && q.variant == c.variant
+            && q.input_size == c.input_size
+            && q.sentences == c.sentences
+            && q.batch == c.batch
+            && q.train == c.train
+            && q.device == c.device
+    })
+}
+
+/// Prints one line per result; `peak_gflops` (the machine's matrix-product
+/// rate, per precision) adds a "% of peak" column. Training GFLOP counts a
+/// step as 2 forwards (the frozen backbones need input gradients only).
+pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(&str) -> Option<f64>) {
     println!(
-        "{:<16} {:>5} {:>3} {:>16} {:>5} {:>10} {:>10} {:>9} {:>7} {:>9} {:>8}",
-        "variant", "size", "K", "mode", "prec", "s/pass", "s/sent", "GFLOP/s", "% peak", "peak MB", "vs plain"
+        "{:<15} {:>4} {:>3} {:>3} {:>18} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>8} {:>6}",
+        "variant",
+        "size",
+        "K",
+        "B",
+        "task mode",
+        "prec",
+        "s/pass",
+        "img/s",
+        "GFLOP/s",
+        "%peak",
+        "RSS MB",
+        "GPU MB",
+        "×plain"
     );
     for r in results {
         let c = &r.case;
-        let plain = results.iter().find(|p| {
-            p.case.mode == "plain"
-                && p.case.variant == c.variant
-                && p.case.input_size == c.input_size
-                && p.case.sentences == c.sentences
-                && p.case.device == c.device
-        });
-        let ratio = plain.map(|p| format!("{:.2}×", r.median_s / p.median_s)).unwrap_or_else(|| "-".into());
-        let gflops = gflop_per_image(&c.variant, c.input_size) * c.sentences as f64 / r.median_s;
-        let of_peak = peak_gflops.map(|p| format!("{:.0}%", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
+        let ratio =
+            baseline(results, c).map(|p| format!("{:.2}", r.median_s / p.median_s)).unwrap_or_else(|| "-".into());
+        let per_image = gflop_per_image(&c.variant, c.input_size) * if c.train { 2.0 } else { 1.0 };
+        let gflops = per_image * r.per_second();
+        let of_peak =
+            peak_gflops(&c.precision).map(|p| format!("{:.1}", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
+        let gpu = r.peak_gpu.map(|g| format!("{:.0}", g as f64 / 1e6)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<16} {:>5} {:>3} {:>16} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>7} {:>9.0} {:>8}",
+            "{:<15} {:>4} {:>3} {:>3} {:>18} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>8.0} {:>8} {:>6}",
             c.variant,
             c.input_size,
             c.sentences,
-            c.mode,
+            c.batch,
+            c.label(),
             c.precision,
             r.median_s,
-            r.median_s / c.sentences as f64,
+            r.per_second(),
             gflops,
             of_peak,
             r.peak_rss as f64 / 1e6,
+            gpu,
             ratio
         );
     }

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod device;
 pub mod eval;
 pub mod model;
 pub mod segment;

@@ -1,7 +1,9 @@
 use anyhow::Result;
 use clap::Args;
+use tch::Kind;
 
-use detris::bench::{print_table, run_case, run_case_isolated, sgemm_gflops, BenchCase, BenchResult};
+use detris::bench::{matmul_gflops, print_table, run_case, run_case_isolated, BenchCase, BenchResult};
+use detris::device::{parse_device, precision_kind};
 use detris::model::Levers;
 
 #[derive(Args)]
@@ -21,9 +23,25 @@ pub struct BenchArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision of the fast mode: f32, f16 or bf16 (plain mode is always f32).
-    #[arg(long, default_value = "f32")]
-    precision: String,
+    /// Precisions of the fast mode: f32, f16, bf16 (default: f32 on CPU,
+    /// f32,bf16,f16 on CUDA). The plain reference mode is always f32.
+    #[arg(long, value_delimiter = ',')]
+    precision: Option<Vec<String>>,
+    /// Images per inference pass (default: 1 on CPU, 1,16 on CUDA).
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<usize>>,
+    /// Time inference (the plain mode, each lever alone, the fast mode).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    infer: bool,
+    /// Also time training steps (forward, loss, backward, Adam; the official
+    /// recipe's trainable parts): the plain mode in f32 (cuDNN off on CUDA,
+    /// as the official code) against the fast mode in each precision
+    /// (autocast on CUDA).
+    #[arg(long)]
+    train: bool,
+    /// Images per training step.
+    #[arg(long, default_value_t = 16)]
+    train_batch: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Timed passes per case and round (the median counts).
@@ -52,17 +70,48 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.rounds == 0 {
         return Err(super::usage("--runs and --rounds must be at least 1"));
     }
-    let cpu = a.device == "cpu";
-    // The machine's ceiling: a large square sgemm and DINOv2-B's MLP product at 448.
-    let peak = cpu.then(|| {
-        let square = sgemm_gflops(2048, 2048, 2048, a.threads);
-        let mlp = sgemm_gflops(1029, 768, 3072, a.threads);
+    if !a.infer && !a.train {
+        return Err(super::usage("nothing to measure: --infer false needs --train"));
+    }
+    let device = parse_device(&a.device).map_err(|e| super::usage(e.to_string()))?;
+    let cuda = device.is_cuda();
+    let precisions = a.precision.clone().unwrap_or_else(|| {
+        if cuda {
+            vec!["f32".into(), "bf16".into(), "f16".into()]
+        } else {
+            vec!["f32".into()]
+        }
+    });
+    for p in &precisions {
+        if cuda { precision_kind(p) } else { detris::device::inference_kind(p, device) }
+            .map_err(|e| super::usage(e.to_string()))?;
+    }
+    let batches = a.batch.clone().unwrap_or_else(|| if cuda { vec![1, 16] } else { vec![1] });
+    if batches.contains(&0) || a.sentences.contains(&0) || a.train_batch == 0 {
+        return Err(super::usage("--batch, --sentences and --train-batch must be at least 1"));
+    }
+    if a.threads > 0 {
+        tch::set_num_threads(a.threads);
+    }
+    // The machine's ceiling per precision: a large matrix product (on CPU
+    // also DINOv2-B's MLP product at 448).
+    let mut peaks: Vec<(String, f64)> = Vec::new();
+    if cuda {
+        for p in &precisions {
+            let rate = matmul_gflops(8192, 8192, 8192, precision_kind(p)?, device);
+            println!("machine: {p} matmul {:.1} TFLOP/s (8192³) on {}", rate / 1e3, a.device);
+            peaks.push((p.clone(), rate));
+        }
+    } else {
+        let square = matmul_gflops(2048, 2048, 2048, Kind::Float, device);
+        let mlp = matmul_gflops(1029, 768, 3072, Kind::Float, device);
         println!(
             "machine: f32 matmul {square:.1} GFLOP/s (2048³), {mlp:.1} GFLOP/s (1029×768·768×3072, DINOv2-B's MLP at 448), {} thread(s)",
             a.threads
         );
-        square.max(mlp)
-    });
+        peaks.push(("f32".into(), square.max(mlp)));
+    }
+    // The plain mode is the official computation: f32, and on CUDA cuDNN off.
     let mut cases = Vec::new();
     for variant in &a.variant {
         let base = BenchCase {
@@ -73,13 +122,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
             threads: a.threads,
             device: a.device.clone(),
             precision: "f32".into(),
+            batch: 1,
+            train: false,
+            cudnn: !cuda,
         };
-        cases.push(base.clone());
-        if a.levers {
-            cases.extend(Levers::named().map(|(name, _)| BenchCase { mode: name.into(), ..base.clone() }));
+        let fast = BenchCase { mode: "fast".into(), cudnn: true, ..base.clone() };
+        for &b in batches.iter().filter(|_| a.infer) {
+            cases.push(BenchCase { batch: b, ..base.clone() });
+            if b == 1 && a.levers {
+                cases.extend(Levers::named().map(|(name, _)| BenchCase {
+                    mode: name.into(),
+                    cudnn: true,
+                    ..base.clone()
+                }));
+            }
+            for p in &precisions {
+                cases.push(BenchCase { batch: b, precision: p.clone(), ..fast.clone() });
+            }
         }
-        for &k in &a.sentences {
-            cases.push(BenchCase { sentences: k, mode: "fast".into(), precision: a.precision.clone(), ..base.clone() });
+        // K sentences about one image, in the fastest precision asked for.
+        let k_precision = precisions.iter().find(|p| *p != "f32").unwrap_or(&precisions[0]);
+        for &k in a.sentences.iter().filter(|&&k| k > 1 && a.infer) {
+            cases.push(BenchCase { sentences: k, precision: k_precision.clone(), ..fast.clone() });
+        }
+        if a.train {
+            let step = BenchCase { train: true, batch: a.train_batch, ..base.clone() };
+            cases.push(step.clone());
+            for p in &precisions {
+                cases.push(BenchCase { mode: "fast".into(), cudnn: true, precision: p.clone(), ..step.clone() });
+            }
         }
     }
     // Rounds go through every case in turn, so that a slow spell of a shared
@@ -87,17 +158,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut results: Vec<Option<BenchResult>> = vec![None; cases.len()];
     for round in 1..=a.rounds {
         for (case, best) in cases.iter().zip(&mut results) {
-            eprintln!("round {round}/{}: {} {}, {} sentence(s) …", a.rounds, case.variant, case.mode, case.sentences);
+            eprintln!(
+                "round {round}/{}: {} {} {}, {} sentence(s), batch {} …",
+                a.rounds,
+                case.variant,
+                case.label(),
+                case.precision,
+                case.sentences,
+                case.batch
+            );
             let r = run_case_isolated(case, a.warmup, a.runs)?;
+            // Each case as it ends, so a run cut short still reports.
+            let gpu = r.peak_gpu.map(|g| format!(", {:.0} MB on the GPU", g as f64 / 1e6)).unwrap_or_default();
+            eprintln!(
+                "  {:.4} s/pass, {:.2} img/s, {:.0} MB resident{gpu}",
+                r.median_s,
+                r.per_second(),
+                r.peak_rss as f64 / 1e6
+            );
             if best.as_ref().is_none_or(|b| r.median_s < b.median_s) {
                 *best = Some(r);
             }
         }
     }
     let results: Vec<BenchResult> = results.into_iter().flatten().collect();
-    print_table(&results, peak);
-    println!("(plain mode runs one full pass per sentence, so its K-sentence time is K × the 1-sentence time;");
-    println!(" GFLOP/s counts the spec's 316 (DETRIS-B) or 830 (DETRIS-L) GFLOP per image at 448)");
+    print_table(&results, &|p| peaks.iter().find(|(q, _)| q == p).map(|(_, r)| *r));
+    println!("(×plain: time per pass over the plain mode's (f32; cuDNN off on CUDA, as the official code) in the");
+    println!(" same configuration; the plain mode runs one full pass per sentence, so its K-sentence time is K × the");
+    println!(" 1-sentence time. GFLOP/s counts the spec's 316 (DETRIS-B) or 830 (DETRIS-L) GFLOP per image at 448,");
+    println!(" a training step as 2 forwards. GPU MB: CUDA memory the case took at its peak, weights included)");
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }

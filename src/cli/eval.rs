@@ -6,12 +6,14 @@ use detris::eval::{evaluate, table};
 use detris::train::data::DataSpec;
 use detris_io::data::loader::Mode;
 
-use super::model_args::ModelArgs;
+use super::model_args::{InferencePrecision, ModelArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    precision: InferencePrecision,
     /// Root of the prepared layout (anns/, masks/, images/train2014/).
     #[arg(long)]
     data: PathBuf,
@@ -42,7 +44,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if !a.data.is_dir() {
         return Err(super::usage(format!("--data {}: no such folder", a.data.display())));
     }
-    let model = a.model.load()?;
+    let model = a.model.load_in(&a.precision.precision)?;
     let mut reports = Vec::new();
     for split in &a.split {
         let spec = DataSpec {

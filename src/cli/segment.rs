@@ -5,12 +5,14 @@ use clap::Args;
 use detris::segment::{check_sentence, Segmenter};
 use detris_io::image::{self, PostPath};
 
-use super::model_args::ModelArgs;
+use super::model_args::{InferencePrecision, ModelArgs};
 
 #[derive(Args)]
 pub struct SegmentArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    precision: InferencePrecision,
     /// The photo (JPEG, PNG or WebP).
     #[arg(long)]
     image: PathBuf,
@@ -55,7 +57,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     };
     let photo = image::load_rgb(&a.image).map_err(|e| super::usage(e.to_string()))?;
     image::check_min_side(&photo).map_err(|e| super::usage(format!("{}: {e}", a.image.display())))?;
-    let model = a.model.load()?;
+    let model = a.model.load_in(&a.precision.precision)?;
     let word_len = model.config.word_len;
     let mut seg = Segmenter::new(model);
     seg.post = post;

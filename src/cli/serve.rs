@@ -7,7 +7,7 @@ use clap::Args;
 use detris::serve::{self, load, Limits, ServeOptions};
 use detris_io::image::PostPath;
 
-use super::model_args::ModelArgs;
+use super::model_args::{InferencePrecision, ModelArgs};
 
 #[derive(Args, Clone)]
 pub struct LimitArgs {
@@ -67,6 +67,8 @@ impl LimitArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    precision: InferencePrecision,
     /// Address to listen on (port 0: any free port). Use 0.0.0.0:PORT to be reachable from other machines.
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -76,8 +78,8 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let options = a.limits.options(a.bind)?;
-    let model = a.model.clone();
-    let running = serve::spawn(move || model.load(), options)?;
+    let (model, precision) = (a.model.clone(), a.precision.precision.clone());
+    let running = serve::spawn(move || model.load_in(&precision), options)?;
     let info = &running.info;
     eprintln!(
         "detris serve: {} ({}×{} input, word length {}, {} {}) on http://{}/",
@@ -98,6 +100,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
 pub struct ServeLoadArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    precision: InferencePrecision,
     /// The photo the valid requests send.
     #[arg(long)]
     image: PathBuf,
@@ -118,8 +122,8 @@ pub struct ServeLoadArgs {
 pub fn run_load(a: ServeLoadArgs) -> Result<()> {
     let image = std::fs::read(&a.image).with_context(|| format!("{}: cannot read", a.image.display()))?;
     let options = a.limits.options(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let model = a.model.clone();
-    let running = serve::spawn(move || model.load(), options)?;
+    let (model, precision) = (a.model.clone(), a.precision.precision.clone());
+    let running = serve::spawn(move || model.load_in(&precision), options)?;
     let opts = load::LoadOptions {
         requests: a.requests,
         concurrency: a.concurrency,

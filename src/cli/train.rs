@@ -54,7 +54,7 @@ pub struct TrainArgs {
     /// [default: 0; YAML: manual_seed]
     #[arg(long)]
     seed: Option<u64>,
-    /// f32, or f16 (CUDA mixed precision with loss scaling).
+    /// f32, or on CUDA mixed precision (autocast): bf16, or f16 with loss scaling.
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Stop after this many optimizer steps in all.
@@ -129,7 +129,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         if a.model.threads > 0 {
             tch::set_num_threads(a.model.threads);
         }
-        let device = detris::bench::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
+        let device = detris::device::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
         tch::manual_seed(seed as i64);
         let m = Detris::new(cfg, device)?;
         detris::weights::init_backbones_randomly(&m, seed);

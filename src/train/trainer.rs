@@ -120,13 +120,11 @@ impl Trainer {
             bail!("the training split has fewer refs ({}) than one batch ({})", train.len(), self.opts.batch_size);
         }
         let metrics_path = self.out.join("metrics.jsonl");
-        let amp = match (self.opts.precision.as_str(), device) {
-            ("f32", _) => None,
-            ("bf16", Device::Cuda(_)) => Some(Kind::BFloat16),
-            ("f16", Device::Cuda(_)) => Some(Kind::Half),
-            (p, d) => bail!("--precision {p} is not available on {d:?} (f32 on CPU; f32, bf16 or f16 on CUDA)"),
-        };
-        let mut scaler = GradScaler::new(amp == Some(Kind::Half));
+        let mut precision = Precision::new(&self.opts.precision, device)?;
+        if device.is_cuda() {
+            // Every batch has the same shapes: let cuDNN pick its fastest kernels once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         log(&format!(
             "training {} on {} ({} refs, {per_epoch} batches of {} per epoch), best checkpoint chosen on `{}`",
             self.model.config.name,
@@ -150,7 +148,16 @@ impl Trainer {
                 let batch = batch?;
                 // Dropout randomness from (seed, step): a resumed run draws the same.
                 tch::manual_seed((self.opts.seed as i64) ^ (self.state.global_step as i64).wrapping_mul(0x9E37_79B9));
-                let loss = self.step(&batch.to_device(device), amp, &mut scaler)?;
+                let batch = batch.to_device(device);
+                let loss = train_step(
+                    &self.model,
+                    &mut self.opt,
+                    &batch.img,
+                    &batch.ids,
+                    &batch.target,
+                    Levers::FAST,
+                    &mut precision,
+                )?;
                 if !loss.is_finite() {
                     bail!(
                         "the loss became {loss} at epoch {} step {}: stopped; the last good checkpoint is {}",
@@ -242,39 +249,70 @@ impl Trainer {
         }
         Ok(())
     }
+}
 
-    /// One optimizer step on a batch; returns the loss.
-    fn step(&mut self, batch: &data::Batch, amp: Option<Kind>, scaler: &mut GradScaler) -> Result<f64> {
-        let ctx = Ctx { train: true, levers: Levers::FAST, trace: None };
-        self.opt.zero_grad();
-        let loss = match amp {
-            None => {
-                let logits = self.model.forward(&batch.img, &batch.ids, &ctx);
-                Detris::loss(&logits, &batch.target).0
-            }
-            Some(kind) => tch::autocast(true, || {
-                let _ = kind;
-                let logits = self.model.forward(&batch.img, &batch.ids, &ctx);
-                Detris::loss(&logits.to_kind(Kind::Float), &batch.target).0
-            }),
+/// The arithmetic of a training run: f32, or CUDA autocast in bf16 or f16
+/// (f16 with loss scaling, as `torch.cuda.amp`).
+pub struct Precision {
+    pub autocast: Option<Kind>,
+    pub scaler: GradScaler,
+}
+
+impl Precision {
+    pub fn new(precision: &str, device: Device) -> Result<Precision> {
+        let autocast = match (precision, device) {
+            ("f32", _) => None,
+            ("bf16", Device::Cuda(_)) => Some(Kind::BFloat16),
+            ("f16", Device::Cuda(_)) => Some(Kind::Half),
+            (p, d) => bail!("--precision {p} is not available on {d:?} (f32 on CPU; f32, bf16 or f16 on CUDA)"),
         };
-        let value = loss.double_value(&[]);
-        (loss * scaler.scale).backward();
-        if scaler.enabled && !self.grads_finite() {
-            scaler.overflowed();
-            return Ok(value);
-        }
-        self.opt.step(scaler.scale);
-        scaler.stepped();
-        Ok(value)
+        Ok(Precision { autocast, scaler: GradScaler::new(autocast == Some(Kind::Half)) })
     }
+}
 
-    fn grads_finite(&self) -> bool {
-        self.opt.params.iter().all(|(_, p, _, _)| {
-            let g = p.grad();
-            !g.defined() || g.isfinite().all().int64_value(&[]) == 1
-        })
+/// One optimizer step, as the official loop: zero the gradients, forward in
+/// train mode, BCE-with-logits, backward, Adam. Returns the loss (a skipped
+/// f16 step, after a gradient overflow, returns it too).
+/// img (B, 3, S, S), ids (B, L), target (B, 1, S, S).
+pub fn train_step(
+    model: &Detris,
+    opt: &mut Adam,
+    img: &Tensor,
+    ids: &Tensor,
+    target: &Tensor,
+    levers: Levers,
+    precision: &mut Precision,
+) -> Result<f64> {
+    let ctx = Ctx { train: true, levers, trace: None };
+    opt.zero_grad();
+    let loss = match precision.autocast {
+        None => Detris::loss(&model.forward(img, ids, &ctx), target).0,
+        Some(kind) => {
+            // Autocast's dtype is per thread; set it where the forward runs.
+            crate::device::set_cuda_autocast_dtype(kind)?;
+            tch::autocast(true, || {
+                let logits = model.forward(img, ids, &ctx);
+                Detris::loss(&logits.to_kind(Kind::Float), target).0
+            })
+        }
+    };
+    let value = loss.double_value(&[]);
+    let scaler = &mut precision.scaler;
+    (loss * scaler.scale).backward();
+    if scaler.enabled && !grads_finite(opt) {
+        scaler.overflowed();
+        return Ok(value);
     }
+    opt.step(scaler.scale);
+    scaler.stepped();
+    Ok(value)
+}
+
+fn grads_finite(opt: &Adam) -> bool {
+    opt.params.iter().all(|(_, p, _, _)| {
+        let g = p.grad();
+        !g.defined() || g.isfinite().all().int64_value(&[]) == 1
+    })
 }
 
 /// Dynamic loss scaling as `torch.cuda.amp.GradScaler` (init 2^16, ×2 after

@@ -21,9 +21,21 @@ pub fn tiny_config() -> DetrisConfig {
     DetrisConfig::from_json_file(&fixture("tiny/config.json")).unwrap()
 }
 
+/// The device the parity tests run on: `DETRIS_TEST_DEVICE` (cpu, cuda, …;
+/// default cpu), so that the same test binary checks a GPU.
+pub fn test_device() -> Device {
+    let name = std::env::var("DETRIS_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    detris::device::parse_device(&name).unwrap()
+}
+
 /// The tiny model with the weights of `tiny/state_dict.safetensors`.
 pub fn tiny_model(cfg: DetrisConfig, kind: Kind) -> Detris {
-    let mut model = Detris::new(cfg, Device::Cpu).unwrap();
+    tiny_model_on(cfg, kind, Device::Cpu)
+}
+
+/// [`tiny_model`] on a device; `kind` is any floating type.
+pub fn tiny_model_on(cfg: DetrisConfig, kind: Kind, device: Device) -> Detris {
+    let mut model = Detris::new(cfg, device).unwrap();
     let sd = read_st("tiny/state_dict.safetensors");
     let vars = model.vs.variables();
     for (k, v) in &sd {
@@ -33,8 +45,8 @@ pub fn tiny_model(cfg: DetrisConfig, kind: Kind) -> Detris {
         };
     }
     assert_eq!(vars.len(), sd.keys().filter(|k| !k.ends_with("num_batches_tracked")).count());
-    if kind == Kind::Double {
-        model.vs.double();
+    if kind != Kind::Float {
+        model.vs.set_kind(kind);
     }
     model
 }
@@ -46,6 +58,15 @@ pub fn max_abs(t: &Tensor) -> f64 {
     t.to_kind(Kind::Double).abs().max().double_value(&[])
 }
 
+/// max |a − b|, on the CPU in f64 (either may live on another device).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    max_abs(&(a.to_kind(Kind::Double) - b.to_kind(Kind::Double)))
+    let f64_cpu = |t: &Tensor| t.to_device(Device::Cpu).to_kind(Kind::Double);
+    max_abs(&(f64_cpu(a) - f64_cpu(b)))
+}
+
+/// ‖a − b‖ / ‖b‖, on the CPU in f64.
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let f64_cpu = |t: &Tensor| t.to_device(Device::Cpu).to_kind(Kind::Double);
+    let b = f64_cpu(b);
+    (f64_cpu(a) - &b).norm().double_value(&[]) / b.norm().double_value(&[])
 }
