@@ -258,3 +258,19 @@ fn killed_and_resumed_runs_end_bit_identical() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn precisions_a_device_cannot_train_in_are_refused_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("detris-bad-precision-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let (data, cfg, out) = (dir.join("data"), dir.join("no-config.json"), dir.join("run"));
+    for (precision, says) in [("bf16", "not available on Cpu"), ("fp8", "fp8")] {
+        let o = detris_unchecked(&train_args(&data, &cfg, &out, &["--precision", precision]));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "--precision {precision}:\n{stderr}");
+        assert!(stderr.contains(says) && stderr.contains(precision), "{stderr}");
+        assert!(!out.exists(), "nothing is written before the options are checked");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -119,6 +119,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     if !data.is_dir() {
         return Err(super::usage(format!("--data {}: no such folder", data.display())));
     }
+    // Before any loading: a precision the device cannot train in.
+    let device = detris::device::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
+    detris::train::trainer::Precision::new(&a.precision, device).map_err(|e| super::usage(e.to_string()))?;
     let mut model = if a.random_init {
         let cfg = match (&a.model.inline, &a.model.config, &a.model.variant) {
             (Some(c), _, _) => c.clone(),
@@ -129,7 +132,6 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         if a.model.threads > 0 {
             tch::set_num_threads(a.model.threads);
         }
-        let device = detris::device::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
         tch::manual_seed(seed as i64);
         let m = Detris::new(cfg, device)?;
         detris::weights::init_backbones_randomly(&m, seed);
