@@ -304,7 +304,7 @@ fn baseline<'a>(results: &'a [BenchResult], c: &BenchCase) -> Option<&'a BenchRe
 /// step as 2 forwards (the frozen backbones need input gradients only).
 pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(&str) -> Option<f64>) {
     println!(
-        "{:<15} {:>4} {:>3} {:>3} {:>18} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>8} {:>6}",
+        "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>8} {:>6}",
         "variant",
         "size",
         "K",
@@ -329,7 +329,7 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(&str) -> Option
             peak_gflops(&c.precision).map(|p| format!("{:.1}", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
         let gpu = r.peak_gpu.map(|g| format!("{:.0}", g as f64 / 1e6)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<15} {:>4} {:>3} {:>3} {:>18} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>8.0} {:>8} {:>6}",
+            "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>8.0} {:>8} {:>6}",
             c.variant,
             c.input_size,
             c.sentences,
