@@ -8,7 +8,8 @@
 #   fixtures in .carry/, which is git-ignored and travels with `carry`)
 # Run on the GPU machine:        scripts/gpu-check.sh [SECTION ...]
 #   sections: parity segment bench-b bench-l (default: all), or bench-b1
-#   (batch 1 only, two rounds) and bench-l-train (DETRIS-L training only)
+#   (batch 1 only, two rounds), bench-l-train (DETRIS-L training only) and
+#   train-amp (DETRIS-B training, f32 against bf16 and f16 autocast)
 #   (needs a CUDA build of libtorch 2.11: PyPI torch's site-packages; writes
 #   logs into $OUT, or /tmp/detris-gpu)
 set -uo pipefail
@@ -97,4 +98,11 @@ echo "== bench DETRIS-L, training"
 timeout 200 $C/detris bench --device cuda --variant detris-l --infer false --train --precision bf16 \
     --warmup 3 --runs 10 --rounds 1 2>"$OUT/bench-lt.err" | tee "$OUT/bench-lt.txt"
 echo "bench-l-train rc=$?"; tail -3 "$OUT/bench-lt.err"
+fi
+
+if want train-amp; then
+echo "== bench DETRIS-B, training: plain f32 against bf16 and f16 autocast"
+timeout 150 $C/detris bench --device cuda --variant detris-b --infer false --train --precision bf16,f16 \
+    --warmup 3 --runs 10 --rounds 1 2>"$OUT/bench-amp.err" | tee "$OUT/bench-amp.txt"
+echo "train-amp rc=$?"; tail -3 "$OUT/bench-amp.err"
 fi

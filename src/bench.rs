@@ -219,10 +219,8 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     }
     drop(pass);
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let peak_gpu = match gpu_before.flatten() {
-        Some(before) => crate::device::cuda_memory_in_use().map(|now| now.saturating_sub(before)),
-        None => None,
-    };
+    let peak_gpu =
+        gpu_before.flatten().and_then(|before| Some(crate::device::cuda_memory_in_use()?.saturating_sub(before)));
     Ok(BenchResult {
         case: case.clone(),
         median_s: times[times.len() / 2],

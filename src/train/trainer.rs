@@ -308,11 +308,12 @@ pub fn train_step(
     Ok(value)
 }
 
+/// Whether every gradient is finite, read back once (one device
+/// synchronisation per step, not one per parameter).
 fn grads_finite(opt: &Adam) -> bool {
-    opt.params.iter().all(|(_, p, _, _)| {
-        let g = p.grad();
-        !g.defined() || g.isfinite().all().int64_value(&[]) == 1
-    })
+    let flags: Vec<Tensor> =
+        opt.params.iter().map(|(_, p, _, _)| p.grad()).filter(|g| g.defined()).map(|g| g.isfinite().all()).collect();
+    flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
 }
 
 /// Dynamic loss scaling as `torch.cuda.amp.GradScaler` (init 2^16, ×2 after
@@ -354,4 +355,26 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradients_are_finite_until_one_element_is_not() {
+        let params: Vec<(String, Tensor)> = ["a", "b", "unused"]
+            .iter()
+            .map(|n| (n.to_string(), Tensor::ones([3, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true)))
+            .collect();
+        let opt = Adam::new(params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(), 1e-3);
+        assert!(grads_finite(&opt), "no gradient yet counts as finite");
+        (&params[0].1 * 2.0 + &params[1].1).sum(Kind::Float).backward();
+        assert!(grads_finite(&opt));
+        let mut g = params[1].1.grad();
+        let _ = g.narrow(1, 2, 1).fill_(f64::INFINITY);
+        assert!(!grads_finite(&opt));
+        let _ = g.fill_(f64::NAN);
+        assert!(!grads_finite(&opt));
+    }
 }
