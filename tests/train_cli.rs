@@ -84,6 +84,17 @@ fn tensors(path: &Path) -> Vec<(String, Tensor)> {
     v
 }
 
+/// The two checkpoints hold the same tensors, bit for bit; returns how many.
+fn assert_bit_identical(a: &Path, b: &Path, after: &str) -> usize {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert_eq!(max_abs_diff(ta, tb), 0.0, "{na} differs after {after}");
+    }
+    a.len()
+}
+
 #[test]
 fn resume_continues_bit_identically() {
     let dir = std::env::temp_dir().join(format!("detris-resume-{}", std::process::id()));
@@ -95,13 +106,8 @@ fn resume_continues_bit_identically() {
     train(&data, &cfg, &split, &["--max-steps", "2"]);
     train(&data, &cfg, &split, &["--max-steps", "7", "--resume"]);
     train(&data, &cfg, &split, &["--max-steps", "9", "--resume"]);
-    let (a, b) = (tensors(&straight.join("last.safetensors")), tensors(&split.join("last.safetensors")));
-    assert_eq!(a.len(), b.len());
-    assert!(a.len() > 100, "weights and Adam moments are saved");
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert_eq!(max_abs_diff(ta, tb), 0.0, "{na} differs after resume");
-    }
+    let saved = assert_bit_identical(&straight.join("last.safetensors"), &split.join("last.safetensors"), "resume");
+    assert!(saved > 100, "weights and Adam moments are saved");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -251,11 +257,11 @@ fn killed_and_resumed_runs_end_bit_identical() {
         }
     }
     assert!(kills >= 2, "the run was killed {kills} times");
-    let (a, b) = (tensors(&straight.join("last.safetensors")), tensors(&killed.join("last.safetensors")));
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert_eq!(max_abs_diff(ta, tb), 0.0, "{na} differs after {kills} kills");
-    }
+    assert_bit_identical(
+        &straight.join("last.safetensors"),
+        &killed.join("last.safetensors"),
+        &format!("{kills} kills"),
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
