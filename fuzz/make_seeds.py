@@ -402,6 +402,10 @@ def main():
     for name, ctype, body in http_segment_seeds(photo, jpeg):
         out("http_segment", name, ctype.encode() + b"\n" + body)
 
+    # manifest: JSON Lines of `detris segment --manifest`, good and bad lines mixed.
+    for name, text in manifest_seeds():
+        out("manifest", name, text.encode())
+
 
 def multipart(boundary, parts):
     body = b""
@@ -428,6 +432,32 @@ def http_segment_seeds(photo, jpeg):
         ("json_data_url.txt", "application/json; charset=utf-8",
          json.dumps({"image": "data:image/png;base64," + b64, "texts": ["  "]}).encode()),
         ("other_type.txt", "text/plain", b"hello"),
+    ]
+
+
+def manifest_seeds():
+    line = lambda **kw: json.dumps(kw)
+    return [
+        ("plain.jsonl", line(image="a.jpg", sentences=["the dog on the left", "the red car"]) + "\n"),
+        ("ground_truths.jsonl", "\n".join([
+            line(id="ref-1", image="photos/b.png", sentences=["the cup"], mask="masks/1.png"),
+            line(id=2, image="/abs/c.jpg", sentences=["the man"],
+                 mask_rle={"size": [4, 3], "counts": [2, 5, 5]}),
+            line(image="d.jpg", sentences=["a bird"], mask_rle={"size": [427, 640], "counts": "fQi12`<2N2O1N"}),
+        ]) + "\r\n"),
+        ("bad_lines.jsonl", "\n".join([
+            "not json",
+            line(image="e.jpg", sentences=[""]),
+            line(image="e.jpg", sentences=[]),
+            line(id="../x", image="e.jpg", sentences=["x"]),
+            line(id="1", image="e.jpg", sentences=["x"]),
+            line(id="1", image="f.jpg", sentences=["y"]),
+            line(image="g.jpg", sentences=["z"], mask="m.png", mask_rle={"size": [1, 1], "counts": [1]}),
+            line(image="g.jpg", sentences=["z"], mask_rle={"size": [2, 2], "counts": [1]}),
+            line(image="h.jpg", sentence="typo"),
+            "",
+            "   ",
+        ])),
     ]
 
 

@@ -19,7 +19,7 @@ cd "$(dirname "$0")"
 
 SECONDS_PER_TARGET="${1:-10}"
 shift || true
-ALL_TARGETS=(pickle checkpoint torchscript safetensors image tokenizer refer_refs refer_instances coco_mask http_segment)
+ALL_TARGETS=(pickle checkpoint torchscript safetensors image tokenizer refer_refs refer_instances coco_mask http_segment manifest)
 TARGETS=("${@:-${ALL_TARGETS[@]}}")
 
 export RUSTC_BOOTSTRAP=1

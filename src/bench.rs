@@ -73,13 +73,7 @@ impl BenchResult {
 
 /// Peak resident set size of this process (Linux `VmHWM`), bytes.
 pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    crate::device::peak_rss_kib().map_or(0, |kib| kib * 1024)
 }
 
 /// Fills every variable with small random values (frozen ones included, so

@@ -160,6 +160,14 @@ pub fn cuda_memory_in_use() -> Option<u64> {
     (f(&mut free, &mut total) == 0).then(|| (total - free) as u64)
 }
 
+/// Peak resident set size of this process (Linux `VmHWM`), KiB; None where
+/// `/proc/self/status` does not say.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,17 +3,19 @@
 //! photo's size, threshold 0.35, IoU against the ground-truth PNG, then mIoU,
 //! oIoU and Pr@50..90.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
-use detris_io::data::loader::Mode;
-use detris_io::image::{self, PostPath};
-use detris_io::metrics::{Metrics, Summary};
-use serde::Serialize;
+use anyhow::{Context, Result};
+use detris_io::data::loader::{BatchItem, Mode};
+use detris_io::image::{self, PostPath, THRESHOLD};
+use detris_io::metrics::{self, Metrics, Summary};
+use serde::{Deserialize, Serialize};
 use tch::Kind;
 
 use crate::model::{Ctx, Detris};
+use crate::segment::logits_to_prob;
 use crate::train::data::{batch_tensors, open_loader, DataSpec};
 
 #[derive(Debug, Serialize)]
@@ -24,6 +26,49 @@ pub struct EvalReport {
     /// Refs whose mask PNG had another size than the photo (resized, nearest).
     pub resized_masks: Vec<String>,
     pub seconds: f64,
+    /// One record per evaluated sentence, in order (kept when [`EvalOutputs::records`] is set;
+    /// `detris eval` writes them as JSON Lines beside the summary).
+    #[serde(skip)]
+    pub records: Vec<SentenceRecord>,
+}
+
+/// One evaluated sentence: what its IoU and the sums of the summary are made of.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SentenceRecord {
+    pub split: String,
+    /// The ref's `segment_id`.
+    pub ref_id: String,
+    /// Position of the sentence among its ref's sentences.
+    pub sentence_index: usize,
+    pub sentence: String,
+    /// `intersection / (union + 1e-6)`, as the official code.
+    pub iou: f64,
+    /// Pixels in both the prediction and the ground truth, at the photo's size.
+    pub intersection: u64,
+    /// Pixels in either.
+    pub union: u64,
+}
+
+/// What an evaluation produces besides the metrics; the default (as the validation during
+/// training) is the official threshold and nothing else.
+#[derive(Clone, Debug)]
+pub struct EvalOutputs {
+    /// Foreground where the probability is above this (0.35 in the official code).
+    pub threshold: f32,
+    /// Keep a [`SentenceRecord`] per sentence in the report.
+    pub records: bool,
+    /// Write what the official `test.py --visualize` writes here, plus an overlay per sentence:
+    /// `<ref>-img.<ext>`, `<ref>-mask.png`, `<ref>-iou=<IoU×100>-<sentence>.png`, and
+    /// `<ref>-iou=<IoU×100>-<sentence>-overlay.png`.
+    pub visualize: Option<PathBuf>,
+    /// Write `<ref>-<sentence index>.png` overlays here.
+    pub overlays: Option<PathBuf>,
+}
+
+impl Default for EvalOutputs {
+    fn default() -> EvalOutputs {
+        EvalOutputs { threshold: THRESHOLD, records: false, visualize: None, overlays: None }
+    }
 }
 
 /// Evaluates one split. `mode` Test = every sentence, Val = the first
@@ -40,13 +85,27 @@ pub fn evaluate(
     workers: usize,
     overlays: Option<&Path>,
 ) -> Result<EvalReport> {
+    let outputs = EvalOutputs { overlays: overlays.map(Path::to_path_buf), ..EvalOutputs::default() };
+    evaluate_with(model, spec, split, mode, limit, batch, workers, &outputs)
+}
+
+/// [`evaluate`] with a threshold, per-sentence records and pictures (see [`EvalOutputs`]).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with(
+    model: &Detris,
+    spec: &DataSpec,
+    split: &str,
+    mode: Mode,
+    limit: usize,
+    batch: usize,
+    workers: usize,
+    outputs: &EvalOutputs,
+) -> Result<EvalReport> {
     let started = Instant::now();
     let loader = open_loader(spec, split, mode, &model.config, batch, 0, workers, limit)?;
     let device = model.device();
     let mut metrics = Metrics::new();
-    if let Some(dir) = overlays {
-        std::fs::create_dir_all(dir)?;
-    }
+    let mut sink = SentenceSink::new(split, outputs)?;
     for b in loader.epoch(0) {
         let b = b?;
         let (img, ids) = batch_tensors(&b);
@@ -54,19 +113,13 @@ pub fn evaluate(
             model.forward(&img.to_device(device).to_kind(model.kind()), &ids.to_device(device), &Ctx::eval())
         });
         let logits = logits.to_device(tch::Device::Cpu).to_kind(Kind::Float);
-        let (_, _, lh, lw) = logits.size4()?;
         for (i, item) in b.items.iter().enumerate() {
-            let values = Vec::<f32>::try_from(&logits.get(i as i64).flatten(0, -1))?;
-            let prob = image::postprocess(&values, lh as usize, lw as usize, &item.letterbox, PostPath::Test)?;
+            let prob = logits_to_prob(&logits, i, &item.letterbox, PostPath::Test, outputs.threshold)?;
             let gt = item.eval.as_ref().map(|e| e.mask.iter().map(|&v| v != 0).collect::<Vec<bool>>());
             let gt = gt.ok_or_else(|| anyhow::anyhow!("the evaluation loader gave no ground truth"))?;
-            metrics.push(&prob.mask, &gt)?;
-            if let Some(dir) = overlays {
-                let photo = image::load_rgb(&loader.refs()[item.ref_index].image)?;
-                let over = image::overlay(&photo, &prob.mask, [255, 64, 64])?;
-                let name = format!("{}-{}.png", item.segment_id, item.sentence_index);
-                image::write_png_atomic(dir.join(name), &image::rgb_png(&over)?)?;
-            }
+            let (intersection, union) = metrics::intersection_union(&prob.mask, &gt)?;
+            let iou = metrics.push_counts(intersection, union);
+            sink.push(item, &loader.refs()[item.ref_index].image, &prob.mask, &gt, iou, intersection, union)?;
         }
     }
     Ok(EvalReport {
@@ -75,7 +128,88 @@ pub fn evaluate(
         summary: metrics.summary(),
         resized_masks: loader.resized_masks(),
         seconds: started.elapsed().as_secs_f64(),
+        records: sink.records,
     })
+}
+
+/// Where each evaluated sentence goes besides the metrics: its record and its pictures.
+struct SentenceSink<'a> {
+    split: String,
+    outputs: &'a EvalOutputs,
+    records: Vec<SentenceRecord>,
+    /// Refs whose photo and ground truth were already written to `visualize`.
+    visualized: HashSet<String>,
+}
+
+impl<'a> SentenceSink<'a> {
+    fn new(split: &str, outputs: &'a EvalOutputs) -> Result<SentenceSink<'a>> {
+        for dir in outputs.visualize.iter().chain(&outputs.overlays) {
+            std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+        }
+        Ok(SentenceSink { split: split.to_string(), outputs, records: Vec::new(), visualized: HashSet::new() })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        item: &BatchItem,
+        photo_path: &Path,
+        pred: &[bool],
+        gt: &[bool],
+        iou: f64,
+        intersection: u64,
+        union: u64,
+    ) -> Result<()> {
+        let id = &item.segment_id;
+        let photo = match (&self.outputs.visualize, &self.outputs.overlays) {
+            (None, None) => None,
+            _ => Some(image::load_rgb(photo_path)?),
+        };
+        if let (Some(dir), Some(photo)) = (&self.outputs.visualize, &photo) {
+            if self.visualized.insert(id.clone()) {
+                let ext = photo_path.extension().and_then(|e| e.to_str()).unwrap_or("jpg");
+                let img_path = dir.join(format!("{id}-img.{ext}"));
+                std::fs::copy(photo_path, &img_path)
+                    .with_context(|| format!("{}: cannot write", img_path.display()))?;
+                image::write_png_atomic(
+                    dir.join(format!("{id}-mask.png")),
+                    &image::mask_png(gt, item.width, item.height)?,
+                )?;
+            }
+            let stem = format!("{id}-iou={:.2}-{}", iou * 100.0, file_sentence(&item.sentence));
+            let pngs = crate::render::sentence_pngs(photo, pred, 0)?;
+            image::write_png_atomic(dir.join(format!("{stem}.png")), &pngs.mask)?;
+            image::write_png_atomic(dir.join(format!("{stem}-overlay.png")), &pngs.overlay)?;
+        }
+        if let (Some(dir), Some(photo)) = (&self.outputs.overlays, &photo) {
+            let over = image::overlay(photo, pred, crate::render::colour(0))?;
+            let name = format!("{id}-{}.png", item.sentence_index);
+            image::write_png_atomic(dir.join(name), &image::rgb_png(&over)?)?;
+        }
+        if self.outputs.records {
+            self.records.push(SentenceRecord {
+                split: self.split.clone(),
+                ref_id: id.clone(),
+                sentence_index: item.sentence_index,
+                sentence: item.sentence.clone(),
+                iou,
+                intersection,
+                union,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The sentence part of an official visualisation file name: words joined by `_` (as
+/// `"_".join(sent.split(" "))`), path separators replaced, cut to 200 bytes so the name fits.
+pub fn file_sentence(sentence: &str) -> String {
+    let mut s: String = sentence.chars().map(|c| if c == ' ' || c == '/' || c == '\\' { '_' } else { c }).collect();
+    if s.len() > 200 {
+        let cut = (0..=200).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
 }
 
 /// The terminal table of several splits.

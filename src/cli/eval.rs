@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use detris::eval::{evaluate, table};
+use detris::eval::{evaluate_with, table, EvalOutputs};
 use detris::train::data::DataSpec;
 use detris_io::data::loader::Mode;
 
@@ -35,6 +35,37 @@ pub struct EvalArgs {
     /// Write an overlay PNG of every prediction into this folder.
     #[arg(long)]
     overlays: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+}
+
+/// What `detris eval` writes besides the summary (the per-sentence records always go to
+/// `<json>` with the extension `.sentences.jsonl`).
+#[derive(Args)]
+struct OutputArgs {
+    #[command(flatten)]
+    threshold: super::segment::ThresholdArg,
+    /// Write what the official test.py --visualize writes into DIR/<split>/: the photo
+    /// (<ref>-img), the ground truth (<ref>-mask.png), each prediction
+    /// (<ref>-iou=<IoU>-<sentence>.png) and its overlay (...-overlay.png).
+    #[arg(long, value_name = "DIR")]
+    visualize: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    fn for_split(&self, split: &str, overlays: Option<PathBuf>) -> EvalOutputs {
+        EvalOutputs {
+            threshold: self.threshold.threshold,
+            records: true,
+            visualize: self.visualize.as_ref().map(|d| d.join(split)),
+            overlays,
+        }
+    }
+}
+
+/// `eval.json` → `eval.sentences.jsonl`.
+pub fn records_path(json: &std::path::Path) -> PathBuf {
+    json.with_extension("sentences.jsonl")
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -53,8 +84,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             train_split: String::new(),
             val_split: split.clone(),
         };
-        let overlays = a.overlays.as_ref().map(|d| d.join(split));
-        let r = evaluate(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, overlays.as_deref())?;
+        let outputs = a.outputs.for_split(split, a.overlays.as_ref().map(|d| d.join(split)));
+        let r = evaluate_with(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, &outputs)?;
         if !r.resized_masks.is_empty() {
             eprintln!(
                 "note: {} ground-truth masks had another size than their photo and were resized to it (as the maintainers advise)",
@@ -66,6 +97,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     print!("{}", table(&reports));
     std::fs::write(&a.json, serde_json::to_string_pretty(&reports)?)
         .with_context(|| format!("{}: cannot write", a.json.display()))?;
-    eprintln!("metrics written to {}", a.json.display());
+    let records = records_path(&a.json);
+    let mut lines = String::new();
+    for r in reports.iter().flat_map(|r| &r.records) {
+        lines += &serde_json::to_string(r)?;
+        lines.push('\n');
+    }
+    std::fs::write(&records, lines).with_context(|| format!("{}: cannot write", records.display()))?;
+    eprintln!("metrics written to {}, one record per sentence to {}", a.json.display(), records.display());
     Ok(())
 }

@@ -1,9 +1,11 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use detris::batch::{self, BatchOptions};
+use detris::render;
 use detris::segment::{check_sentence, Segmenter};
-use detris_io::image::{self, PostPath};
+use detris_io::image::{self, PostPath, THRESHOLD};
 
 use super::model_args::{InferencePrecision, ModelArgs};
 
@@ -14,10 +16,10 @@ pub struct SegmentArgs {
     #[command(flatten)]
     precision: InferencePrecision,
     /// The photo (JPEG, PNG or WebP).
-    #[arg(long)]
-    image: PathBuf,
+    #[arg(long, required_unless_present = "manifest", conflicts_with = "manifest")]
+    image: Option<PathBuf>,
     /// A referring sentence; repeat for several objects.
-    #[arg(long = "text", required = true)]
+    #[arg(long = "text", required_unless_present = "manifest", conflicts_with = "manifest")]
     texts: Vec<String>,
     /// Output folder for the masks, overlays and JSON records.
     #[arg(long, default_value = "out")]
@@ -25,25 +27,47 @@ pub struct SegmentArgs {
     /// Post-processing path: `test` (official test.py) or `demo` (demo.py).
     #[arg(long, default_value = "test")]
     post: String,
+    #[command(flatten)]
+    threshold: ThresholdArg,
+    /// Also write each sentence's probability map as a PNG heat map (`.prob.png`).
+    #[arg(long)]
+    probabilities: bool,
+    #[command(flatten)]
+    batch: ManifestArgs,
 }
 
-/// Overlay colours, one per sentence.
-const PALETTE: [[u8; 3]; 6] =
-    [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255], [0, 220, 220]];
+/// `--threshold`, shared by segment, serve and eval.
+#[derive(Args, Clone, Debug)]
+pub struct ThresholdArg {
+    /// Foreground where the probability is above this (the official code uses 0.35).
+    #[arg(long, default_value_t = THRESHOLD, value_parser = parse_threshold)]
+    pub threshold: f32,
+}
 
-fn slug(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars().flat_map(|c| c.to_lowercase()) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-        if out.len() >= 40 {
-            break;
-        }
+fn parse_threshold(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+        _ => Err(format!("`{s}` is not a probability between 0 and 1")),
     }
-    out.trim_end_matches('-').to_string()
+}
+
+/// Batch work: `--manifest items.jsonl` instead of `--image` and `--text`.
+#[derive(Args)]
+struct ManifestArgs {
+    /// JSON Lines, one photo per line: {"image": ..., "sentences": [...], optional "id",
+    /// "mask" (ground-truth PNG) or "mask_rle" (COCO RLE)}. Writes <out>/results.jsonl (one
+    /// line per sentence) and <out>/summary.json.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Redo items that an earlier run finished (and start results.jsonl afresh).
+    #[arg(long, requires = "manifest")]
+    overwrite: bool,
+    /// Stop at the first bad manifest line instead of reporting and skipping it.
+    #[arg(long, requires = "manifest")]
+    strict: bool,
+    /// Crash (abort) after this many items: how the tests interrupt a run.
+    #[arg(long, hide = true, requires = "manifest")]
+    abort_after: Option<usize>,
 }
 
 pub fn run(a: SegmentArgs) -> Result<()> {
@@ -55,49 +79,93 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         "demo" => PostPath::Demo,
         other => return Err(super::usage(format!("--post `{other}`: use test or demo"))),
     };
-    let photo = image::load_rgb(&a.image).map_err(|e| super::usage(e.to_string()))?;
-    image::check_min_side(&photo).map_err(|e| super::usage(format!("{}: {e}", a.image.display())))?;
+    let manifest = match &a.batch.manifest {
+        Some(path) => Some(detris_io::manifest::read(path).map_err(|e| super::usage(e.to_string()))?),
+        None => None,
+    };
+    let photo = match &a.image {
+        Some(path) => {
+            let photo = image::load_rgb(path).map_err(|e| super::usage(e.to_string()))?;
+            image::check_min_side(&photo).map_err(|e| super::usage(format!("{}: {e}", path.display())))?;
+            Some(photo)
+        }
+        None => None,
+    };
     let model = a.model.load_in(&a.precision.precision)?;
-    let word_len = model.config.word_len;
-    let mut seg = Segmenter::new(model);
-    seg.post = post;
-    let results = seg.segment(&photo, &a.texts)?;
-    if let Some(known) = &seg.model.known_token_ids {
-        for r in &results {
-            if r.token_ids.iter().any(|id| known.binary_search(id).is_err()) {
-                eprintln!(
-                    "warning: {:?} uses words this model never saw (it knows {} tokens: the synthetic data set's language); expect a poor mask",
-                    r.sentence,
-                    known.len()
-                );
-            }
-        }
+    let seg = Segmenter::builder()
+        .model(model)
+        .post(post)
+        .threshold(a.threshold.threshold)
+        .probabilities(a.probabilities)
+        .build()?;
+    match (manifest, photo) {
+        (Some(manifest), _) => run_manifest(&seg, &manifest, &a),
+        (None, Some(photo)) => segment_one(&seg, &photo, &a.texts, &a.out, a.probabilities),
+        (None, None) => Err(super::usage("give --image and --text, or --manifest")),
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
+}
+
+fn segment_one(seg: &Segmenter, photo: &image::Rgb, texts: &[String], out: &Path, probabilities: bool) -> Result<()> {
+    let results = seg.segment(photo, texts)?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
     for (i, r) in results.iter().enumerate() {
-        if r.truncated {
-            eprintln!(
-                "warning: sentence {} is longer than the model's {word_len} tokens; it was cut to: {:?}",
-                i + 1,
-                detris_io::tokenizer::ClipTokenizer::global().decode(&r.token_ids).unwrap_or_default()
-            );
+        for w in r.warnings(i) {
+            eprintln!("warning: {w}");
         }
-        let stem = a.out.join(format!("{:02}-{}", i + 1, slug(&r.sentence)));
-        let mask_path = stem.with_extension("mask.png");
+        let stem = out.join(format!("{:02}-{}", i + 1, render::slug(&r.sentence)));
         let overlay_path = stem.with_extension("overlay.png");
         let json_path = stem.with_extension("json");
-        image::write_png_atomic(&mask_path, &image::mask_png(&r.mask, r.width, r.height)?)?;
-        let over = image::overlay(&photo, &r.mask, PALETTE[i % PALETTE.len()])?;
-        image::write_png_atomic(&overlay_path, &image::rgb_png(&over)?)?;
+        let pngs = render::sentence_pngs(photo, &r.mask, i)?;
+        image::write_png_atomic(stem.with_extension("mask.png"), &pngs.mask)?;
+        image::write_png_atomic(&overlay_path, &pngs.overlay)?;
+        if let (true, Some(p)) = (probabilities, &r.probabilities) {
+            image::write_png_atomic(stem.with_extension("prob.png"), &render::probability_png(p, r.width, r.height)?)?;
+        }
         std::fs::write(&json_path, serde_json::to_string_pretty(r)?)
             .with_context(|| format!("{}: cannot write", json_path.display()))?;
         println!(
             "{:?}: {} px ({:.1}% of the photo), mean p {:.3} → {}",
             r.sentence,
             r.area,
-            100.0 * r.area as f64 / (r.width * r.height) as f64,
+            100.0 * r.area_fraction(),
             r.mean_probability,
             overlay_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_manifest(seg: &Segmenter, manifest: &detris_io::manifest::Manifest, a: &SegmentArgs) -> Result<()> {
+    let opts = BatchOptions {
+        out: a.out.clone(),
+        overwrite: a.batch.overwrite,
+        strict: a.batch.strict,
+        probabilities: a.probabilities,
+    };
+    let abort_after = a.batch.abort_after;
+    let stop = |done: usize| {
+        if abort_after == Some(done) {
+            std::process::abort();
+        }
+        false
+    };
+    let summary = batch::run(seg, manifest, &opts, stop, |bad| eprintln!("warning: skipped manifest {bad}"))?;
+    println!(
+        "{} items segmented, {} already done, {} bad lines skipped; {} sentences in {}",
+        summary.done,
+        summary.skipped,
+        summary.bad_lines.len(),
+        summary.sentences,
+        a.out.join(batch::RESULTS_FILE).display()
+    );
+    if let Some(m) = &summary.metrics {
+        let prec: Vec<String> = m.prec.iter().map(|(t, p)| format!("Pr@{:.0} {:.2}", t * 100.0, 100.0 * p)).collect();
+        println!(
+            "{} sentences with a ground truth: mIoU {:.2}, oIoU {:.2}, {}",
+            summary.with_ground_truth,
+            100.0 * m.miou,
+            100.0 * m.oiou,
+            prec.join(", ")
         );
     }
     Ok(())

@@ -35,6 +35,8 @@ pub struct LimitArgs {
     /// Post-processing path: `test` (official test.py) or `demo` (demo.py).
     #[arg(long, default_value = "test")]
     post: String,
+    #[command(flatten)]
+    threshold: super::segment::ThresholdArg,
 }
 
 impl LimitArgs {
@@ -59,7 +61,7 @@ impl LimitArgs {
             queue: self.queue,
             timeout: Duration::from_secs_f64(self.timeout_secs),
         };
-        Ok(ServeOptions { bind, limits, post })
+        Ok(ServeOptions { bind, limits, post, threshold: self.threshold.threshold })
     }
 }
 

@@ -12,8 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use detris_io::data::coco_mask::Rle;
-use detris_io::image::{self, Rgb};
+use detris_io::image::Rgb;
 use detris_io::request::Rejection;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,10 +25,6 @@ use crate::segment::{SentenceMask, Timings};
 pub const PAGE: &str = include_str!("page.html");
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
-
-/// Overlay colours, one per sentence (as `detris segment`).
-const PALETTE: [[u8; 3]; 6] =
-    [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255], [0, 220, 220]];
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -172,6 +167,10 @@ pub struct SentenceResult {
     pub truncated: bool,
     /// The padded ids the model saw.
     pub token_ids: Vec<i64>,
+    /// What the user should know: the sentence was cut (and to what), or it uses words the
+    /// model never saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub timings_ms: SentenceTimings,
     /// The mask, PNG (8-bit grey, 0/255, the photo's size), base64.
     pub mask_png: String,
@@ -194,32 +193,7 @@ impl From<&Timings> for SentenceTimings {
     }
 }
 
-/// `{"size": [height, width], "counts": "..."}`: column-major runs, background first.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct RleJson {
-    pub size: [usize; 2],
-    pub counts: String,
-}
-
-/// pycocotools `mask.encode` of a row-major mask: runs down the columns,
-/// starting with background (a leading 0 run when pixel (0,0) is foreground).
-pub fn rle_encode(mask: &[bool], width: usize, height: usize) -> detris_io::Result<Rle> {
-    let mut counts = Vec::new();
-    let (mut current, mut run) = (false, 0u32);
-    for x in 0..width {
-        for y in 0..height {
-            let v = mask[y * width + x];
-            if v != current {
-                counts.push(run);
-                current = v;
-                run = 0;
-            }
-            run += 1;
-        }
-    }
-    counts.push(run);
-    Rle::new(height, width, counts)
-}
+pub use crate::render::{rle_encode, RleJson};
 
 async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<SegmentResponse>, ApiError> {
     let t0 = Instant::now();
@@ -299,20 +273,20 @@ async fn segment(State(st): State<Arc<AppState>>, req: Request) -> Result<Json<S
 fn encode(photo: &Rgb, masks: &[SentenceMask], token_counts: &[usize]) -> anyhow::Result<Vec<SentenceResult>> {
     let mut out = Vec::with_capacity(masks.len());
     for (i, (m, &tokens)) in masks.iter().zip(token_counts).enumerate() {
-        let rle = rle_encode(&m.mask, m.width, m.height)?;
-        let overlay = image::overlay(photo, &m.mask, PALETTE[i % PALETTE.len()])?;
+        let pngs = crate::render::sentence_pngs(photo, &m.mask, i)?;
         out.push(SentenceResult {
             sentence: m.sentence.clone(),
             area: m.area,
-            area_fraction: m.area as f64 / (m.width * m.height).max(1) as f64,
+            area_fraction: m.area_fraction(),
             mean_probability: m.mean_probability,
             tokens,
             truncated: m.truncated,
             token_ids: m.token_ids.clone(),
+            warnings: m.warnings(i),
             timings_ms: (&m.timings_ms).into(),
-            mask_png: B64.encode(image::mask_png(&m.mask, m.width, m.height)?),
-            overlay_png: B64.encode(image::rgb_png(&overlay)?),
-            rle: RleJson { size: [m.height, m.width], counts: rle.to_compressed() },
+            mask_png: B64.encode(pngs.mask),
+            overlay_png: B64.encode(pngs.overlay),
+            rle: RleJson::encode(&m.mask, m.width, m.height)?,
         });
     }
     Ok(out)

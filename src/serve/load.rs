@@ -101,12 +101,7 @@ fn percentiles(v: &mut [f64]) -> [f64; 4] {
     [at(0.50), at(0.95), at(0.99), v[v.len() - 1]]
 }
 
-/// VmHWM of this process, KiB.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+pub use crate::device::peak_rss_kib;
 
 /// Sends the requests and waits for every answer.
 pub fn run(addr: SocketAddr, o: &LoadOptions) -> Result<LoadReport> {

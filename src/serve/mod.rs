@@ -11,7 +11,10 @@
 //! and writes one JSON log line per request on stderr.
 
 pub mod api;
+// The hand-written HTTP client of `serve-load` and the tests; not part of the library's API.
+#[doc(hidden)]
 pub mod client;
+#[doc(hidden)]
 pub mod load;
 
 use std::net::SocketAddr;
@@ -82,11 +85,18 @@ pub struct ServeOptions {
     pub bind: SocketAddr,
     pub limits: Limits,
     pub post: PostPath,
+    /// Foreground where the probability is above this (0.35, as the official code).
+    pub threshold: f32,
 }
 
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
-        ServeOptions { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), limits: Limits::default(), post: PostPath::Test }
+        ServeOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            limits: Limits::default(),
+            post: PostPath::Test,
+            threshold: detris_io::image::THRESHOLD,
+        }
     }
 }
 
@@ -211,19 +221,17 @@ where
     anyhow::ensure!(limits.queue > 0, "the queue must hold at least one request");
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(limits.queue);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo>>();
-    let post = options.post;
+    let (post, threshold) = (options.post, options.threshold);
     std::thread::Builder::new()
         .name("detris-worker".into())
         .spawn(move || {
-            let model = match load() {
-                Ok(m) => m,
+            let seg = match load().and_then(|m| Segmenter::builder().model(m).post(post).threshold(threshold).build()) {
+                Ok(s) => s,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            let mut seg = Segmenter::new(model);
-            seg.post = post;
             let _ = ready_tx.send(Ok(ModelInfo::new(&seg.model, post)));
             worker_loop(&seg, jobs_rx);
         })

@@ -215,7 +215,9 @@ impl Trainer {
             let record = serde_json::json!({
                 "epoch": epoch + 1, "step": self.state.global_step, "lr": self.opt.lr,
                 "train_loss": mean_loss, "val_split": self.opts.data.val_split,
-                "val_miou": val.miou, "val_oiou": val.oiou, "seconds": started.elapsed().as_secs_f64(),
+                "val_miou": val.miou, "val_oiou": val.oiou,
+                "val_prec": val.prec.iter().map(|(t, p)| (format!("Pr@{:.0}", t * 100.0), serde_json::Value::from(*p))).collect::<serde_json::Map<_, _>>(),
+                "seconds": started.elapsed().as_secs_f64(),
             });
             self.state.history.push(record.clone());
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;

@@ -4,6 +4,7 @@
 //! files → readers (this crate) → plain tensors → model (the `detris` crate).
 
 pub mod error;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixtures;
 pub mod tensor;
 
@@ -22,6 +23,8 @@ pub mod request;
 
 // Datasets and metrics.
 pub mod data;
+// The JSON Lines manifest of `detris segment --manifest`.
+pub mod manifest;
 pub mod metrics;
 pub mod plot;
 

@@ -22,6 +22,23 @@ pub fn iou(intersection: u64, union: u64) -> f64 {
     intersection as f64 / (union as f64 + 1e-6)
 }
 
+/// `(Σ(pred ∧ gt), Σ(pred ∨ gt))` of two flattened masks of the same resolution.
+pub fn intersection_union(pred: &[bool], gt: &[bool]) -> Result<(u64, u64)> {
+    if pred.len() != gt.len() {
+        return Err(Error::input(format!(
+            "prediction has {} pixels but the ground-truth mask has {}",
+            pred.len(),
+            gt.len()
+        )));
+    }
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (&p, &g) in pred.iter().zip(gt) {
+        inter += u64::from(p && g);
+        union += u64::from(p || g);
+    }
+    Ok((inter, union))
+}
+
 /// Running totals over the evaluated sentences.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -54,18 +71,7 @@ impl Metrics {
     /// Scores one prediction against its ground truth, both flattened masks of
     /// the same (original) resolution, true = foreground. Returns the IoU.
     pub fn push(&mut self, pred: &[bool], gt: &[bool]) -> Result<f64> {
-        if pred.len() != gt.len() {
-            return Err(Error::input(format!(
-                "prediction has {} pixels but the ground-truth mask has {}",
-                pred.len(),
-                gt.len()
-            )));
-        }
-        let (mut inter, mut union) = (0u64, 0u64);
-        for (&p, &g) in pred.iter().zip(gt) {
-            inter += u64::from(p && g);
-            union += u64::from(p || g);
-        }
+        let (inter, union) = intersection_union(pred, gt)?;
         Ok(self.push_counts(inter, union))
     }
 
