@@ -100,6 +100,7 @@ impl std::error::Error for Cancelled {}
 /// A loaded model and how its logits become masks. Build one with [`Segmenter::builder`]
 /// (weights from files, the shipped model by default) or [`Segmenter::new`] (a model already
 /// loaded, official settings).
+#[derive(Debug)]
 pub struct Segmenter {
     pub model: Detris,
     post: PostPath,

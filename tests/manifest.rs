@@ -15,7 +15,7 @@ use serde_json::json;
 fn detris_unchecked(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_detris"))
         .args(args)
-        .args(["--device", "cpu"])
+        .args(if args[0] == "data" { &[][..] } else { &["--device", "cpu"][..] })
         .env("DETRIS_NO_PROGRESS", "1")
         .output()
         .expect("run detris")
@@ -42,7 +42,7 @@ fn temp_dir(name: &str) -> PathBuf {
 /// A synthetic data set (the shipped model's language) and its test split's refs.
 fn synth(dir: &Path) -> (PathBuf, Vec<RefRecord>) {
     let data = dir.join("data");
-    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "30"]);
+    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
     let refs = prepared::read_split(&data, "synth", "test").unwrap();
     assert!(refs.len() >= 3, "the test split has a few refs ({})", refs.len());
     (data, refs)
@@ -146,7 +146,8 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
         assert_eq!(r.bbox, detris::render::bounding_box(&fg, w));
         assert!(out.join(&r.overlay).exists() && out.join(r.probabilities.as_ref().unwrap()).exists());
         let (i, u) = (r.intersection.unwrap(), r.union.unwrap());
-        assert_eq!(r.iou, Some(detris_io::metrics::iou(i, u)));
+        // Read back through serde_json, whose float parsing may be one ulp off what was written.
+        assert!((r.iou.unwrap() - detris_io::metrics::iou(i, u)).abs() < 1e-12);
     }
     assert!(results.values().any(|r| r.iou.unwrap() > 0.5), "the shipped model finds some objects");
 
