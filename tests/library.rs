@@ -93,3 +93,30 @@ fn cancellation_is_asked_between_sentences() {
     let plain = seg.segment(&photo, &[SENTENCE, "the big square"]).unwrap();
     assert_eq!(all.iter().map(|r| &r.mask).collect::<Vec<_>>(), plain.iter().map(|r| &r.mask).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_server_gives_the_same_warnings_as_the_library() {
+    use detris::serve::{self, client, ServeOptions};
+    let options = ServeOptions { bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() };
+    let running = serve::spawn(|| Ok(shipped().build()?.model), options).unwrap();
+    let photo = std::fs::read(EXAMPLE).unwrap();
+    let (ctype, body) = client::Form::new()
+        .file("image", "example.png", "image/png", &photo)
+        .text("text", "the zebra")
+        .text("text", SENTENCE)
+        .finish();
+    let answer = client::request(running.addr(), "POST", "/v1/segment", Some(&ctype), &body).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = answer.json().unwrap();
+    let seg = shipped().build().unwrap();
+    let want = seg.segment(&load_rgb(EXAMPLE).unwrap(), &["the zebra", SENTENCE]).unwrap();
+    for (i, w) in want.iter().enumerate() {
+        let got: Vec<String> = answer["results"][i]["warnings"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, w.warnings(i), "sentence {i}");
+    }
+    assert!(!want[0].warnings(0).is_empty() && want[1].warnings(1).is_empty());
+    running.stop().unwrap();
+}
