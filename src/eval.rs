@@ -71,27 +71,11 @@ impl Default for EvalOutputs {
     }
 }
 
-/// Evaluates one split. `mode` Test = every sentence, Val = the first
-/// sentence of each ref; `limit` > 0 evaluates only the first refs; with
-/// `overlays`, writes `<segment_id>-<sentence>.png` there for every prediction.
+/// Evaluates one split. `mode` Test = every sentence, Val = the first sentence of each ref;
+/// `limit` > 0 evaluates only the first refs; `outputs` says what to keep or write besides
+/// the metrics (threshold, per-sentence records, pictures).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
-    model: &Detris,
-    spec: &DataSpec,
-    split: &str,
-    mode: Mode,
-    limit: usize,
-    batch: usize,
-    workers: usize,
-    overlays: Option<&Path>,
-) -> Result<EvalReport> {
-    let outputs = EvalOutputs { overlays: overlays.map(Path::to_path_buf), ..EvalOutputs::default() };
-    evaluate_with(model, spec, split, mode, limit, batch, workers, &outputs)
-}
-
-/// [`evaluate`] with a threshold, per-sentence records and pictures (see [`EvalOutputs`]).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_with(
     model: &Detris,
     spec: &DataSpec,
     split: &str,

@@ -59,7 +59,7 @@
 //! per sentence:
 //!
 //! ```
-//! use detris::{evaluate_with, DataSpec, Device, EvalOutputs, Mode, Segmenter};
+//! use detris::{evaluate, DataSpec, Device, EvalOutputs, Mode, Segmenter};
 //!
 //! let data = std::env::temp_dir().join(format!("detris-doc-eval-{}", std::process::id()));
 //! detris_io::data::synth::generate(&data, &detris_io::data::synth::SynthOptions::new(0, 10))?;
@@ -67,7 +67,7 @@
 //!
 //! let seg = Segmenter::builder().device(Device::Cpu).build()?;
 //! let outputs = EvalOutputs { records: true, ..EvalOutputs::default() };
-//! let report = evaluate_with(&seg.model, &spec, "test", Mode::Test, 0, 8, 1, &outputs)?;
+//! let report = evaluate(&seg.model, &spec, "test", Mode::Test, 0, 8, 1, &outputs)?;
 //! let m = &report.summary;
 //! println!("mIoU {:.2} oIoU {:.2} over {} sentences", 100.0 * m.miou, 100.0 * m.oiou, m.count);
 //! let mean: f64 = report.records.iter().map(|r| r.iou).sum::<f64>() / report.records.len() as f64;
@@ -101,7 +101,7 @@ pub use config::DetrisConfig;
 pub use detris_io::data::loader::Mode;
 pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
-pub use eval::{evaluate, evaluate_with, EvalOutputs, EvalReport, SentenceRecord};
+pub use eval::{evaluate, EvalOutputs, EvalReport, SentenceRecord};
 pub use model::Detris;
 pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, Timings};
 pub use tch::{Device, Kind};

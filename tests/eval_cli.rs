@@ -1,28 +1,14 @@
 //! `detris eval`'s per-sentence records and `--visualize` pictures, checked against the
 //! metrics they sum to, with the shipped model on a small synthetic data set.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use detris::SentenceRecord;
 use detris_io::metrics::{iou, prec_thresholds, Metrics};
 
-fn detris(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_detris"))
-        .args(args)
-        .args(if args[0] == "data" { &[][..] } else { &["--device", "cpu"][..] })
-        .env("DETRIS_NO_PROGRESS", "1")
-        .output()
-        .expect("run detris");
-    assert!(
-        out.status.success(),
-        "detris {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{detris_cpu, fresh_temp_dir};
 
 /// Equal up to float rounding: the JSON files are read back with serde_json, whose float
 /// parsing may land one ulp off the value written, and sums in another order round
@@ -31,21 +17,14 @@ fn close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() < 1e-12, "{what}: {a} vs {b}");
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("detris-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn records_and_visualisation_sum_to_the_summary() {
-    let dir = temp_dir("records");
+    let dir = fresh_temp_dir("eval-records");
     let data = dir.join("data");
-    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
+    detris_cpu(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
     let (json, vis) = (dir.join("eval.json"), dir.join("vis"));
     let args = ["eval", "--data", data.to_str().unwrap(), "--dataset", "synth", "--split", "val,test"];
-    detris(&[&args[..], &["--json", json.to_str().unwrap(), "--visualize", vis.to_str().unwrap()]].concat());
+    detris_cpu(&[&args[..], &["--json", json.to_str().unwrap(), "--visualize", vis.to_str().unwrap()]].concat());
 
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let text = std::fs::read_to_string(dir.join("eval.sentences.jsonl")).unwrap();
@@ -101,7 +80,7 @@ fn records_and_visualisation_sum_to_the_summary() {
 
     // A higher threshold keeps fewer pixels: every prediction shrinks or stays.
     let high = dir.join("high.json");
-    detris(&[&args[..], &["--json", high.to_str().unwrap(), "--threshold", "0.9"]].concat());
+    detris_cpu(&[&args[..], &["--json", high.to_str().unwrap(), "--threshold", "0.9"]].concat());
     let text = std::fs::read_to_string(dir.join("high.sentences.jsonl")).unwrap();
     let strict: Vec<SentenceRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(strict.len(), records.len());

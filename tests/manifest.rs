@@ -3,46 +3,22 @@
 //! list), an interrupted run resumed, `--strict`, `--overwrite`, and IoUs equal to those of
 //! `detris eval` on the same refs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use detris::batch::{read_results, SentenceResult};
 use detris::render::rle_encode;
 use detris_io::data::prepared::{self, RefRecord};
 use serde_json::json;
 
-fn detris_unchecked(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_detris"))
-        .args(args)
-        .args(if args[0] == "data" { &[][..] } else { &["--device", "cpu"][..] })
-        .env("DETRIS_NO_PROGRESS", "1")
-        .output()
-        .expect("run detris")
-}
-
-fn detris(args: &[&str]) -> Output {
-    let out = detris_unchecked(args);
-    assert!(
-        out.status.success(),
-        "detris {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("detris-manifest-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{detris_cpu, detris_cpu_unchecked, fresh_temp_dir};
 
 /// A synthetic data set (the shipped model's language) and its test split's refs.
 fn synth(dir: &Path) -> (PathBuf, Vec<RefRecord>) {
     let data = dir.join("data");
-    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
+    detris_cpu(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
     let refs = prepared::read_split(&data, "synth", "test").unwrap();
     assert!(refs.len() >= 3, "the test split has a few refs ({})", refs.len());
     (data, refs)
@@ -77,7 +53,7 @@ fn results_by_sentence(path: &Path) -> BTreeMap<(String, usize), SentenceResult>
 
 #[test]
 fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
-    let dir = temp_dir("mixed");
+    let dir = fresh_temp_dir("manifest-mixed");
     let (data, refs) = synth(&dir);
     let photo = prepared::image_path(&data, &refs[0].img_name);
     let bad = [
@@ -111,7 +87,7 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
     let manifest = dir.join("items.jsonl");
     std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
     let out = dir.join("out");
-    let o = detris(&[
+    let o = detris_cpu(&[
         "segment",
         "--manifest",
         manifest.to_str().unwrap(),
@@ -153,7 +129,7 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
 
     // `detris eval` on the same refs: the same IoU per sentence, and the same summary.
     let json = dir.join("eval.json");
-    detris(&[
+    detris_cpu(&[
         "eval",
         "--data",
         data.to_str().unwrap(),
@@ -195,7 +171,7 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
 
 #[test]
 fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
-    let dir = temp_dir("resume");
+    let dir = fresh_temp_dir("manifest-resume");
     let (data, refs) = synth(&dir);
     let lines: Vec<String> = refs.iter().enumerate().map(|(k, r)| good_line(&data, r, k).to_string()).collect();
     let manifest = dir.join("items.jsonl");
@@ -204,7 +180,7 @@ fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
     let args = ["segment", "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()];
 
     // A crash after two items: the process aborts (no destructor, no final summary).
-    let crashed = detris_unchecked(&[&args[..], &["--abort-after", "2"]].concat());
+    let crashed = detris_cpu_unchecked(&[&args[..], &["--abort-after", "2"]].concat());
     assert!(!crashed.status.success(), "the run was aborted");
     let results_path = out.join("results.jsonl");
     let first = std::fs::read_to_string(&results_path).unwrap();
@@ -215,7 +191,7 @@ fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
     let torn = &first.lines().next().unwrap()[..20];
     std::fs::write(&results_path, format!("{first}{torn}")).unwrap();
 
-    let resumed = detris(&args);
+    let resumed = detris_cpu(&args);
     let stdout = String::from_utf8_lossy(&resumed.stdout);
     assert!(stdout.contains(&format!("{} items segmented, 2 already done", refs.len() - 2)), "{stdout}");
     let after = std::fs::read_to_string(&results_path).unwrap();
@@ -229,22 +205,22 @@ fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
     }
 
     // A third run has nothing to do; --overwrite redoes everything, once.
-    let again = detris(&args);
+    let again = detris_cpu(&args);
     assert!(String::from_utf8_lossy(&again.stdout).contains(&format!("0 items segmented, {} already done", refs.len())));
-    detris(&[&args[..], &["--overwrite"]].concat());
+    detris_cpu(&[&args[..], &["--overwrite"]].concat());
     assert_eq!(results_by_sentence(&results_path).len(), per_item.iter().sum::<usize>());
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn strict_stops_at_the_first_bad_line_and_names_it() {
-    let dir = temp_dir("strict");
+    let dir = fresh_temp_dir("manifest-strict");
     let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/models/example.png");
     let manifest = dir.join("items.jsonl");
     let good = json!({"image": photo, "sentences": ["the shape left of the big square"]});
     std::fs::write(&manifest, format!("{good}\n\n{{\"image\": \"{photo}\", \"sentences\": []}}\n{good}\n")).unwrap();
     let out = dir.join("out");
-    let o = detris_unchecked(&[
+    let o = detris_cpu_unchecked(&[
         "segment",
         "--manifest",
         manifest.to_str().unwrap(),
@@ -256,7 +232,7 @@ fn strict_stops_at_the_first_bad_line_and_names_it() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("line 3: sentences is empty"), "{stderr}");
     // Without --strict the same manifest gives two items (ids from their line numbers).
-    detris(&["segment", "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    detris_cpu(&["segment", "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let ids: Vec<String> = read_results(&out.join("results.jsonl")).unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(ids, ["1", "4"]);
     assert!(out.join("1").join("01-the-shape-left-of-the-big-square.mask.png").exists());

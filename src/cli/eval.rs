@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use detris::eval::{evaluate_with, table, EvalOutputs};
+use detris::eval::{evaluate, table, EvalOutputs};
 use detris::train::data::DataSpec;
 use detris_io::data::loader::Mode;
 
@@ -85,7 +85,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             val_split: split.clone(),
         };
         let outputs = a.outputs.for_split(split, a.overlays.as_ref().map(|d| d.join(split)));
-        let r = evaluate_with(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, &outputs)?;
+        let r = evaluate(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, &outputs)?;
         if !r.resized_masks.is_empty() {
             eprintln!(
                 "note: {} ground-truth masks had another size than their photo and were resized to it (as the maintainers advise)",

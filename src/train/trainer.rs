@@ -79,7 +79,7 @@ impl Trainer {
         self.out.join("best.safetensors")
     }
 
-    /// Continues from a checkpoint written by [`Trainer::save`].
+    /// Continues from a checkpoint written by `Trainer::save`.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let state = checkpoint::load(path, &self.model, &mut self.opt)?;
         let mut then: TrainOptions = serde_json::from_value(state.options.clone())
@@ -208,7 +208,7 @@ impl Trainer {
                 self.opts.val_limit,
                 self.opts.batch_size,
                 self.opts.workers,
-                None,
+                &crate::eval::EvalOutputs::default(),
             )?
             .summary;
             let mean_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };

@@ -5,7 +5,7 @@
 //! callable a pickle names; this one instead turns the opcode stream
 //! (protocols 0–5) into a plain [`Value`] tree. Every global a pickle names
 //! is checked against a short allow-list of what those files contain
-//! ([`globals`]); anything else (`os.system`, `builtins.eval`, ...) is an
+//! (`globals`); anything else (`os.system`, `builtins.eval`, ...) is an
 //! error naming it. Calls stay as data ([`Value::Object`]) except a few pure
 //! constructors of plain data (`OrderedDict()`, `set(...)`,
 //! `_codecs.encode(s, "latin1")`, TorchScript's list helpers), which are
