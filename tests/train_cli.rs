@@ -166,6 +166,11 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
     let records: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r["val_miou"].as_f64().is_some() && r["train_loss"].as_f64().unwrap().is_finite()));
+    for r in &records {
+        // Pr@50..90 per epoch: fractions of the validation sentences, falling with the threshold.
+        let prec: Vec<f64> = (5..10).map(|t| r["val_prec"][format!("Pr@{}", t * 10)].as_f64().unwrap()).collect();
+        assert!(prec.iter().all(|p| (0.0..=1.0).contains(p)) && prec.windows(2).all(|w| w[0] >= w[1]), "{r}");
+    }
     assert_eq!(image::image_dimensions(run.join("training.png")).unwrap(), (900, 420));
 
     let json = dir.join("eval.json");
