@@ -95,9 +95,12 @@ fn cancellation_is_asked_between_sentences() {
 }
 
 #[test]
-fn the_server_gives_the_same_warnings_as_the_library() {
+fn the_server_gives_the_same_warnings_and_masks_as_the_library() {
     use detris::serve::{self, client, ServeOptions};
-    let options = ServeOptions { bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() };
+    // A threshold other than the official one, so that the server is seen to apply it.
+    let threshold = 0.6;
+    let options =
+        ServeOptions { bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), threshold, ..Default::default() };
     let running = serve::spawn(|| Ok(shipped().build()?.model), options).unwrap();
     let photo = std::fs::read(EXAMPLE).unwrap();
     let (ctype, body) = client::Form::new()
@@ -108,9 +111,14 @@ fn the_server_gives_the_same_warnings_as_the_library() {
     let answer = client::request(running.addr(), "POST", "/v1/segment", Some(&ctype), &body).unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
     let answer = answer.json().unwrap();
-    let seg = shipped().build().unwrap();
+    let seg = shipped().threshold(threshold).build().unwrap();
     let want = seg.segment(&load_rgb(EXAMPLE).unwrap(), &["the zebra", SENTENCE]).unwrap();
     for (i, w) in want.iter().enumerate() {
+        assert_eq!(answer["results"][i]["area"], w.area, "sentence {i}");
+        assert_eq!(
+            answer["results"][i]["rle"]["counts"],
+            detris::render::RleJson::encode(&w.mask, w.width, w.height).unwrap().counts
+        );
         let got: Vec<String> = answer["results"][i]["warnings"]
             .as_array()
             .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
@@ -118,5 +126,7 @@ fn the_server_gives_the_same_warnings_as_the_library() {
         assert_eq!(got, w.warnings(i), "sentence {i}");
     }
     assert!(!want[0].warnings(0).is_empty() && want[1].warnings(1).is_empty());
+    let official = shipped().build().unwrap().segment(&load_rgb(EXAMPLE).unwrap(), &[SENTENCE]).unwrap();
+    assert_ne!(official[0].area, want[1].area, "the threshold changes this mask");
     running.stop().unwrap();
 }
