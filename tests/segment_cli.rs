@@ -117,3 +117,39 @@ fn bad_input_is_refused_with_exit_2_and_a_message() {
     check(&["--image", tiny.to_str().unwrap(), "--text", "the cup"], "at least 8 pixels");
     std::fs::remove_file(&tiny).ok();
 }
+
+#[test]
+fn threshold_and_probabilities_flags_write_what_the_library_gives() {
+    let out = std::env::temp_dir().join(format!("detris-segment-prob-{}", std::process::id()));
+    let photo = detris_io::fixtures::images_dir().join("coffee.png");
+    let text = "the cup of coffee";
+    let o = segment_cmd(&[
+        "--image",
+        photo.to_str().unwrap(),
+        "--text",
+        text,
+        "--threshold",
+        "0.5",
+        "--probabilities",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rgb = detris_io::image::load_rgb(&photo).unwrap();
+    let seg = Segmenter::builder().model(fixture_model()).threshold(0.5).probabilities(true).build().unwrap();
+    let want = &seg.segment(&rgb, &[text]).unwrap()[0];
+    let stem = out.join(format!("01-{}", text.replace(' ', "-")));
+    let (mask, _, _) = detris_io::image::read_mask_png(stem.with_extension("mask.png")).unwrap();
+    let ours: Vec<bool> = mask.iter().map(|&v| v == 255).collect();
+    assert_eq!(ours, want.mask, "the mask at --threshold 0.5");
+    let heat = std::fs::read(stem.with_extension("prob.png")).unwrap();
+    let prob = want.probabilities.as_ref().unwrap();
+    assert_eq!(heat, detris::render::probability_png(prob, want.width, want.height).unwrap());
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stem.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(record["tokens"].as_u64().unwrap() as usize, want.tokens);
+    let bad = segment_cmd(&["--image", photo.to_str().unwrap(), "--text", text, "--threshold", "2"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a probability between 0 and 1"));
+    std::fs::remove_dir_all(&out).ok();
+}
