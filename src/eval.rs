@@ -13,8 +13,8 @@ use detris_io::metrics::{Metrics, Summary};
 use serde::Serialize;
 use tch::Kind;
 
+use crate::data::{batch_tensors, open_loader, DataSpec};
 use crate::model::{Ctx, Detris};
-use crate::train::data::{batch_tensors, open_loader, DataSpec};
 
 #[derive(Debug, Serialize)]
 pub struct EvalReport {

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod eval;
 pub mod model;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use detris::weights;
+use detris_io::data::prepared::read_split;
 use detris_io::tokenizer::{ClipTokenizer, EOT, SOT};
 
 use super::model_args::ModelArgs;
@@ -24,18 +25,22 @@ pub struct ExportArgs {
     prune_vocab: Option<PathBuf>,
 }
 
-/// Token ids of every sentence of a prepared data set, plus padding, SOT, EOT.
+/// Token ids of every sentence of a prepared data set (every split of every
+/// data set under anns/), plus padding, SOT, EOT.
 fn vocabulary(root: &std::path::Path, word_len: usize) -> Result<Vec<i64>> {
     let mut ids: BTreeSet<i64> = [0, SOT, EOT].into();
     let anns = root.join("anns");
     for ds in std::fs::read_dir(&anns).with_context(|| format!("{}: no anns/ folder", anns.display()))? {
-        for split in std::fs::read_dir(ds?.path())? {
+        let ds = ds?.path();
+        let dataset = ds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for split in std::fs::read_dir(&ds).with_context(|| format!("{}: cannot list", ds.display()))? {
             let path = split?.path();
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-            for r in v.as_array().into_iter().flatten() {
-                for s in r["sentences"].as_array().into_iter().flatten() {
-                    let text = s["sent"].as_str().unwrap_or_default();
-                    ids.extend(ClipTokenizer::global().tokenize(text, word_len)?.ids);
+            let Some(split) = path.file_stem().filter(|_| path.extension().is_some_and(|e| e == "json")) else {
+                continue;
+            };
+            for r in read_split(root, &dataset, &split.to_string_lossy())? {
+                for s in &r.sentences {
+                    ids.extend(ClipTokenizer::global().tokenize(&s.sent, word_len)?.ids);
                 }
             }
         }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use detris::train::data::DataSpec;
 use detris::train::trainer::{TrainOptions, Trainer};
-use detris::{Detris, DetrisConfig};
+use detris::Detris;
 
 use detris::train::official_yaml::OfficialYaml;
 
@@ -123,18 +123,16 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let device = detris::device::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
     detris::train::trainer::Precision::new(&a.precision, device).map_err(|e| super::usage(e.to_string()))?;
     let mut model = if a.random_init {
-        let cfg = match (&a.model.inline, &a.model.config, &a.model.variant) {
-            (Some(c), _, _) => c.clone(),
-            (None, Some(p), _) => DetrisConfig::from_json_file(p)?,
-            (None, None, Some(v)) => DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?,
-            (None, None, None) => return Err(super::usage("--random-init needs --config, --variant or --yaml")),
-        };
+        let cfg = a
+            .model
+            .config_choice()?
+            .resolve(|| Err(super::usage("--random-init needs --config, --variant or --yaml")))?;
         if a.model.threads > 0 {
             tch::set_num_threads(a.model.threads);
         }
         tch::manual_seed(seed as i64);
         let m = Detris::new(cfg, device)?;
-        detris::weights::init_backbones_randomly(&m, seed);
+        detris::model::init::init_backbones_randomly(&m, seed);
         m
     } else {
         a.model.load()?

@@ -64,50 +64,11 @@ impl OfficialYaml {
         m.parent()?.parent().map(Path::to_path_buf)
     }
 
-    /// The model config the YAML describes: the variant its DINOv2 names,
-    /// with its adapter layers and dims, taps, word length and head sizes.
+    /// The model config the YAML describes (its key names are mapped in
+    /// `weights::official`, the one place for foreign names).
     pub fn model_config(&self) -> Result<DetrisConfig> {
-        let large = self.string("dino_name").is_some_and(|n| n.contains("large"))
-            || self.list("fpn_in").is_some_and(|f| f.first() == Some(&1024));
-        let mut c = if large { DetrisConfig::detris_l() } else { DetrisConfig::detris_b() };
-        let name = self.path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
-        if name.contains("mixed") {
-            c = DetrisConfig::detris_l_mixed();
-        }
-        if let Some(v) = self.list("visual_adapter_layer") {
-            c.dino_adapter_layers = v;
-        }
-        if let Some(v) = self.usize("visual_adapter_dim") {
-            c.visual_adapter_dim = v;
-        }
-        if let Some(v) = self.list("txtual_adapter_layer") {
-            c.txt_adapter_layers = v;
-        }
-        if let Some(v) = self.usize("txt_adapter_dim") {
-            c.txt_adapter_dim = v;
-        }
-        if let Some(v) = self.list("output_dinov2") {
-            c.taps = v;
-        }
-        if let Some(v) = self.usize("dino_layers") {
-            c.dino_depth = v;
-        }
-        for (key, field) in [
-            ("word_len", &mut c.word_len),
-            ("input_size", &mut c.input_size),
-            ("vis_dim", &mut c.vis_dim),
-            ("word_dim", &mut c.embed_dim),
-            ("num_layers", &mut c.dec_layers),
-            ("num_head", &mut c.dec_heads),
-            ("dim_ffn", &mut c.dec_ffn),
-        ] {
-            if let Some(v) = self.usize(key) {
-                *field = v;
-            }
-        }
-        if let Some(v) = self.f64("dropout") {
-            c.dropout = v;
-        }
+        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let c = crate::weights::official::config_from_yaml_keys(&self.keys, &stem);
         c.validate().with_context(|| format!("{}", self.path.display()))?;
         Ok(c)
     }

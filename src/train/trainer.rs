@@ -1,4 +1,5 @@
-//! The training loop, top to bottom (spec §9): Adam, MultiStepLR stepped per
+//! The training loop, top to bottom (the schedule and
+//! the choice of `best` are in `docs/architecture.md`, Quirks): Adam, MultiStepLR stepped per
 //! epoch, BCE-with-logits on the nearest-downsampled soft mask, train-mode
 //! BatchNorm and dropout; each epoch a validation mIoU, an atomic `last`
 //! checkpoint and `best` by validation mIoU; `--resume` continues exactly.
@@ -13,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
 use super::checkpoint::{self, TrainState};
-use super::data::{self, DataSpec};
+use crate::data::{self, DataSpec};
 use crate::model::{Ctx, Detris, Levers};
 use detris_io::data::loader::Mode;
 

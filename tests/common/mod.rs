@@ -18,7 +18,7 @@ pub fn read_st(rel: &str) -> BTreeMap<String, Tensor> {
 }
 
 pub fn tiny_config() -> DetrisConfig {
-    DetrisConfig::from_json_file(&fixture("tiny/config.json")).unwrap()
+    detris::weights::read_config_file(&fixture("tiny/config.json")).unwrap()
 }
 
 /// The device the parity tests run on: `DETRIS_TEST_DEVICE` (cpu, cuda, …;

@@ -11,7 +11,7 @@
 //! does; [`read_split`] reads it.
 
 use super::coco_mask::CountMask;
-use super::refer::{is_plain_name, Ref, Refer};
+use super::refer::{is_plain_name, reject_lmdb, Ref, Refer};
 use super::splits::{self, filter_mixed_train, Sourced, MIXED_SOURCES};
 use crate::error::{read_file, Error, Result};
 use rayon::prelude::*;
@@ -112,32 +112,6 @@ pub fn read_mixed_train(root: &Path) -> Result<(Vec<Sourced<RefRecord>>, usize)>
         }
     }
     Ok(filter_mixed_train(train, |r| r.img_name.as_str(), &held_out))
-}
-
-/// Refuses the official LMDB files (legacy pyarrow records), with directions.
-/// Checks `path`, its entries, and `path/<dataset>`'s entries.
-pub fn reject_lmdb(path: &Path, dataset: &str) -> Result<()> {
-    let is_lmdb =
-        |p: &Path| p.extension().is_some_and(|e| e == "lmdb") || p.file_name().is_some_and(|n| n == "data.mdb");
-    let entries = |dir: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
-    };
-    let mut candidates = vec![path.to_path_buf()];
-    candidates.extend(entries(path));
-    if is_plain_name(dataset) {
-        candidates.extend(entries(&path.join(dataset)));
-    }
-    match candidates.iter().find(|p| is_lmdb(p)) {
-        None => Ok(()),
-        Some(found) => Err(Error::invalid(
-            found,
-            "this is an official LMDB (legacy pyarrow records from tools/folder2lmdb.py), which detris does not read. \
-             Point at a REFER download (<root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/instances.json, \
-             <root>/images/train2014/) or at a prepared folder (<root>/anns/<dataset>/<split>.json, \
-             <root>/masks/<dataset>/<ref_id>.png, <root>/images/train2014/); `detris data prepare` makes the \
-             second from the first",
-        )),
-    }
 }
 
 /// `cat_process` of `data_process.py`: the 80 COCO category ids (1..90 with

@@ -7,7 +7,6 @@
 //! ```
 
 use super::coco_mask::{count_mask, rles_from_segmentation, CountMask};
-use super::prepared::reject_lmdb;
 use super::splits::{resolve_refer, DATASETS};
 use crate::error::{read_file, Error, Result};
 use crate::pickle::{self, Value};
@@ -113,6 +112,32 @@ impl ReferSource {
 /// One plain path component: no separators, not `.`/`..`, not empty.
 pub(crate) fn is_plain_name(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', '\\', '\0']) && s != "." && s != ".."
+}
+
+/// Refuses the official LMDB files (legacy pyarrow records), with directions.
+/// Checks `path`, its entries, and `path/<dataset>`'s entries.
+pub fn reject_lmdb(path: &Path, dataset: &str) -> Result<()> {
+    let is_lmdb =
+        |p: &Path| p.extension().is_some_and(|e| e == "lmdb") || p.file_name().is_some_and(|n| n == "data.mdb");
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let mut candidates = vec![path.to_path_buf()];
+    candidates.extend(entries(path));
+    if is_plain_name(dataset) {
+        candidates.extend(entries(&path.join(dataset)));
+    }
+    match candidates.iter().find(|p| is_lmdb(p)) {
+        None => Ok(()),
+        Some(found) => Err(Error::invalid(
+            found,
+            "this is an official LMDB (legacy pyarrow records from tools/folder2lmdb.py), which detris does not read. \
+             Point at a REFER download (<root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/instances.json, \
+             <root>/images/train2014/) or at a prepared folder (<root>/anns/<dataset>/<split>.json, \
+             <root>/masks/<dataset>/<ref_id>.png, <root>/images/train2014/); `detris data prepare` makes the \
+             second from the first",
+        )),
+    }
 }
 
 /// A loaded REFER data set. Lookups by id keep the last record with that id,

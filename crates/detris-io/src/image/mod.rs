@@ -1,4 +1,4 @@
-//! Images in and out of DETRIS, as the official code does it (spec §4.1, §4.2, §10):
+//! Images in and out of DETRIS, as the official code does it:
 //!
 //! file → [`load_rgb`] (cv2.imread: EXIF orientation, alpha dropped, 8-bit RGB)
 //! → [`preprocess`] (letterbox `warpAffine` INTER_CUBIC with the CLIP-mean border, CLIP normalisation)
