@@ -28,6 +28,13 @@ fn detris(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// An empty scratch folder of this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("detris-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// A small synthetic data set and a narrow config at 112 px, made once per test binary.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
@@ -101,8 +108,7 @@ fn assert_bit_identical(a: &Path, b: &Path, after: &str) -> usize {
 
 #[test]
 fn resume_continues_bit_identically() {
-    let dir = std::env::temp_dir().join(format!("detris-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("resume");
     let (data, cfg) = setup(&dir);
     let (straight, split) = (dir.join("straight"), dir.join("split"));
     train(&data, &cfg, &straight, &["--max-steps", "9"]);
@@ -117,8 +123,7 @@ fn resume_continues_bit_identically() {
 
 #[test]
 fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
-    let dir = std::env::temp_dir().join(format!("detris-nan-loss-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("nan-loss");
     let (data, cfg) = setup(&dir);
     let out = dir.join("run");
     // Adam moves every weight by about lr per step: at 1e30 the first step
@@ -175,8 +180,7 @@ fn validation_miou(checkpoint: &Path, data: &Path, split: &str, limit: usize) ->
 
 #[test]
 fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
-    let dir = std::env::temp_dir().join(format!("detris-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("e2e");
     let (data, cfg) = setup(&dir);
     let run = dir.join("run");
     train(&data, &cfg, &run, &["--train-backbones"]);
@@ -229,8 +233,7 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
 
 #[test]
 fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
-    let dir = std::env::temp_dir().join(format!("detris-best-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("best");
     let (data, _) = setup(&dir);
     let run = dir.join("run");
     // Fine-tuning the shipped model (trained on this kind of data, so its masks overlap the
@@ -275,8 +278,7 @@ fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
 /// ever left half-written.
 #[test]
 fn killed_and_resumed_runs_end_bit_identical() {
-    let dir = std::env::temp_dir().join(format!("detris-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("kill");
     let (data, cfg) = setup(&dir);
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
     let t0 = std::time::Instant::now();
@@ -333,8 +335,7 @@ fn killed_and_resumed_runs_end_bit_identical() {
 
 #[test]
 fn precisions_a_device_cannot_train_in_are_refused_before_any_work() {
-    let dir = std::env::temp_dir().join(format!("detris-bad-precision-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("bad-precision");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let (data, cfg, out) = (dir.join("data"), dir.join("no-config.json"), dir.join("run"));
     for (precision, says) in [("bf16", "not available on Cpu"), ("fp8", "fp8")] {

@@ -193,25 +193,20 @@ pub fn config_from_yaml_keys(keys: &BTreeMap<String, Value>, file_stem: &str) ->
     if file_stem.to_lowercase().contains("mixed") {
         c = DetrisConfig::detris_l_mixed();
     }
-    if let Some(v) = list("visual_adapter_layer") {
-        c.dino_adapter_layers = v;
-    }
-    if let Some(v) = usize_of("visual_adapter_dim") {
-        c.visual_adapter_dim = v;
-    }
-    if let Some(v) = list("txtual_adapter_layer") {
-        c.txt_adapter_layers = v;
-    }
-    if let Some(v) = usize_of("txt_adapter_dim") {
-        c.txt_adapter_dim = v;
-    }
-    if let Some(v) = list("output_dinov2") {
-        c.taps = v;
-    }
-    if let Some(v) = usize_of("dino_layers") {
-        c.dino_depth = v;
+    // YAML key → field.
+    for (key, field) in [
+        ("visual_adapter_layer", &mut c.dino_adapter_layers),
+        ("txtual_adapter_layer", &mut c.txt_adapter_layers),
+        ("output_dinov2", &mut c.taps),
+    ] {
+        if let Some(v) = list(key) {
+            *field = v;
+        }
     }
     for (key, field) in [
+        ("visual_adapter_dim", &mut c.visual_adapter_dim),
+        ("txt_adapter_dim", &mut c.txt_adapter_dim),
+        ("dino_layers", &mut c.dino_depth),
         ("word_len", &mut c.word_len),
         ("input_size", &mut c.input_size),
         ("vis_dim", &mut c.vis_dim),
@@ -247,6 +242,33 @@ mod tests {
         let clash: TensorMap = [("module.a".to_string(), scalar()), ("a".to_string(), scalar())].into_iter().collect();
         let e = strip_ddp_prefix(clash, Path::new("x.pth")).unwrap_err().to_string();
         assert!(e.contains("x.pth") && e.contains("`a`"), "{e}");
+    }
+
+    #[test]
+    fn every_official_yaml_file_names_its_variant() {
+        let root = detris_io::fixtures::path("official-configs");
+        let mut seen = 0;
+        for ds in std::fs::read_dir(&root).unwrap().map(|d| d.unwrap().path()).filter(|d| d.is_dir()) {
+            for path in std::fs::read_dir(&ds).unwrap().map(|f| f.unwrap().path()) {
+                let yaml: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                // Sections flattened, as `train::official_yaml` reads them.
+                let keys: BTreeMap<String, Value> =
+                    yaml.as_object().unwrap().values().flat_map(|s| s.as_object().unwrap().clone()).collect();
+                let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+                let got = config_from_yaml_keys(&keys, &stem);
+                let mut want = match stem.as_str() {
+                    "DETRIS_base" => DetrisConfig::detris_b(),
+                    "DETRIS_large" => DetrisConfig::detris_l(),
+                    "DETRIS_large_mixed" => DetrisConfig::detris_l_mixed(),
+                    other => panic!("{}: unexpected file {other}", ds.display()),
+                };
+                want.word_len = keys["word_len"].as_u64().unwrap() as usize;
+                assert_eq!(got, want, "{}", path.display());
+                got.validate().unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no YAML files under {}", root.display());
     }
 
     #[test]
