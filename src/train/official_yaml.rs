@@ -242,7 +242,7 @@ impl OfficialYaml {
     }
 
     /// Checks what detris cannot do differently (strides, intermediate
-    /// outputs, the LMDB files agreeing with the split names) and returns the
+    /// outputs, the text tower) and returns the
     /// keys that have no effect on a detris run, with the reason.
     pub fn check_and_notes(&self) -> Result<BTreeMap<String, String>> {
         let mut notes = BTreeMap::new();
@@ -261,17 +261,6 @@ impl OfficialYaml {
         if let Some(name) = self.string("model_name") {
             if name != "CLIP-b-16" {
                 bail!("{}: `{name}` is refused: DETRIS uses the CLIP ViT-B/16 text tower only", here("model_name"));
-            }
-        }
-        for (lmdb, split) in [("train_lmdb", "train_split"), ("val_lmdb", "val_split")] {
-            let (Some(path), Some(split_name)) = (self.string(lmdb), self.string(split)) else { continue };
-            let stem = Path::new(&path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            if stem != split_name {
-                bail!(
-                    "{}: `{path}` names split `{stem}` but {split} is `{split_name}`; detris reads the split by \
-                     name from the prepared layout, so the two must agree",
-                    here(lmdb)
-                );
             }
         }
         for (_, key, _, why) in KEYS {
