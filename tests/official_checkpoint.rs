@@ -259,3 +259,34 @@ fn training_writes_last_model_pth_and_resume_from_it_continues_exactly() {
     assert!(official.join("last.safetensors").is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn export_format_pth_holds_every_weight_under_module_keys() {
+    let dir = temp_dir("export");
+    let out = dir.join("exported.pth");
+    let (ckpt, cfg) = (fixture("tiny/detris_ckpt.pth"), fixture("tiny/config.json"));
+    detris(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--format",
+        "pth",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let want = read_st("tiny/state_dict.safetensors");
+    let got = detris_io::torch_file::load_checkpoint(&out).unwrap().tensors;
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "the official key set");
+    for (name, t) in &want {
+        let ours = detris::weights::to_tch(&got[name]).unwrap();
+        assert_eq!(max_abs_diff(&ours.to_kind(Kind::Double), &t.to_kind(Kind::Double)), 0.0, "{name}");
+    }
+    let (root, _) = load_tree(&out).unwrap();
+    let state = root.get("optimizer").and_then(|o| o.get("state")).and_then(Value::as_dict).unwrap();
+    assert!(state.is_empty(), "no Adam state before a step");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -149,13 +149,13 @@ pub fn save(path: &Path, model: &Detris, opt: &Adam, run: &RunRecord) -> Result<
         }
     }
     // Saved before `scheduler.step(epoch_log)`: the scheduler has stepped once
-    // at construction and once after each earlier epoch.
+    // at construction and once after each earlier epoch (epoch 0: as constructed).
     let scheduler = P::dict([
         ("milestones", P::call("collections", "Counter", vec![P::Dict(milestones)])),
         ("gamma", P::float(run.gamma)),
         ("base_lrs", P::List(base_lrs)),
-        ("last_epoch", P::Int(run.epoch as i64 - 1)),
-        ("_step_count", P::Int(run.epoch as i64)),
+        ("last_epoch", P::Int((run.epoch as i64 - 1).max(0))),
+        ("_step_count", P::Int((run.epoch as i64).max(1))),
         ("_is_initial", P::Bool(false)),
         ("_get_lr_called_within_step", P::Bool(false)),
         ("_last_lr", P::List(last_lrs)),
@@ -247,7 +247,10 @@ pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<OfficialState
     };
     opt.step = adam_step;
     if let Some(last) = root.get("scheduler").and_then(|s| s.get("last_epoch")).and_then(Value::as_i64) {
-        ensure!(last == epoch - 1, at(&format!("the scheduler's last_epoch {last} does not follow epoch {epoch}")));
+        ensure!(
+            last == (epoch - 1).max(0),
+            at(&format!("the scheduler's last_epoch {last} does not follow epoch {epoch}"))
+        );
     }
     Ok(OfficialState { epoch: epoch as usize, best_iou, adam_step })
 }
@@ -281,4 +284,23 @@ pub fn is_torch_zip(path: &Path) -> Result<bool> {
     let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let n = f.read(&mut head).with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(n == 4 && &head == b"PK\x03\x04")
+}
+
+/// A model alone in the official container: the official optimizer over
+/// its trainable parameters before any step, the schedule at its start.
+pub fn export(path: &Path, model: &Detris) -> Result<()> {
+    let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    let defaults = super::recipe::Recipe::default();
+    let opt = Adam::official(trainable, 1e-4, defaults.lr_multi, defaults.weight_decay, defaults.max_norm);
+    let run = RunRecord {
+        epoch: 0,
+        cur_iou: 0.0,
+        best_iou: 0.0,
+        prec: Vec::new(),
+        milestones: vec![35, 55],
+        gamma: 0.1,
+        base_lr: opt.lr,
+        bn_batches: 0,
+    };
+    save(path, model, &opt, &run)
 }
