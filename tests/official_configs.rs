@@ -175,3 +175,66 @@ fn unknown_keys_and_bad_values_are_named() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `evaluate: False`, `start_epoch` and `save_freq` from `--opts` change the run
+/// as they change the official loop: no validation and no best_model, the
+/// epochs from start_epoch on, last_model written after the final epoch.
+#[test]
+fn evaluate_start_epoch_and_save_freq_are_honoured() {
+    let dir = std::env::temp_dir().join(format!("detris-yaml-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let run = |args: &[&str]| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_detris")).args(args).env("DETRIS_NO_PROGRESS", "1").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "10", "--size", "112"]);
+    let (yaml, cfg) = (
+        detris_io::fixtures::path("official-configs/refcoco/DETRIS_base.yaml"),
+        detris_io::fixtures::path("tiny/config.json"),
+    );
+    let out = dir.join("run");
+    run(&[
+        "train",
+        "--yaml",
+        yaml.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        "synth",
+        "--random-init",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--save-format",
+        "pth",
+        "--out",
+        out.to_str().unwrap(),
+        "--opts",
+        "TRAIN.evaluate",
+        "False",
+        "TRAIN.start_epoch",
+        "1",
+        "TRAIN.save_freq",
+        "5",
+    ]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let epochs: Vec<i64> = records.iter().map(|r| r["epoch"].as_i64().unwrap()).collect();
+    assert_eq!(epochs, [2, 3], "start_epoch 1 runs the second and third epochs");
+    assert!(records.iter().all(|r| r["val_miou"].is_null()), "evaluate False: no validation");
+    assert!(!out.join("best_model.pth").exists(), "no validation, no best_model");
+    let (root, _) = detris_io::torch_file::load_tree(&out.join("last_model.pth")).unwrap();
+    assert_eq!(root.get("epoch").and_then(detris_io::pickle::Value::as_i64), Some(3), "the final epoch is saved");
+    std::fs::remove_dir_all(&dir).ok();
+}
