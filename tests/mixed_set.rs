@@ -4,16 +4,11 @@
 //! config (`--config` wins over the YAML's model keys) so that a CPU runs an
 //! epoch in seconds; the data set, splits and recipe are the file's.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn detris(args: &[&str]) -> String {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_detris")).args(args).env("DETRIS_NO_PROGRESS", "1").output().expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "detris {args:?} failed:\n{stderr}");
-    stderr + &String::from_utf8_lossy(&out.stdout)
-}
+use std::path::Path;
+
+use common::detris_ok;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -37,7 +32,7 @@ fn detris_large_mixed_yaml_trains_on_a_prepared_mixed_set() {
     std::fs::copy(mini.join("refcoco/refs(unc).p"), refer.join("refcocog/refs(umd).p")).unwrap();
     std::fs::copy(mini.join("refcoco/instances.json"), refer.join("refcocog/instances.json")).unwrap();
     let data = dir.join("prepared");
-    detris(&["data", "prepare", "--refer", refer.to_str().unwrap(), "--mixed", "--out", data.to_str().unwrap()]);
+    detris_ok(&["data", "prepare", "--refer", refer.to_str().unwrap(), "--mixed", "--out", data.to_str().unwrap()]);
     let train: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("anns/refcoco_mixed/train.json")).unwrap()).unwrap();
     let ids: Vec<&str> = train.as_array().unwrap().iter().map(|r| r["segment_id"].as_str().unwrap()).collect();
@@ -47,7 +42,7 @@ fn detris_large_mixed_yaml_trains_on_a_prepared_mixed_set() {
     let yaml = detris_io::fixtures::path("official-configs/refcoco/DETRIS_large_mixed.yaml");
     let cfg = detris_io::fixtures::path("tiny/config.json");
     let out = dir.join("run");
-    let log = detris(&[
+    let log = detris_ok(&[
         "train",
         "--yaml",
         yaml.to_str().unwrap(),

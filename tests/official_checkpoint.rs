@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use detris::train::adam::Adam;
@@ -169,17 +168,9 @@ fn a_written_checkpoint_loads_back_with_the_same_weights_and_optimizer_state() {
     let _ = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
 }
 
-fn detris(args: &[&str]) -> String {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_detris")).args(args).env("DETRIS_NO_PROGRESS", "1").output().expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "detris {args:?} failed:\n{stderr}");
-    stderr
-}
-
 fn synth_setup(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
-    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
+    detris_ok(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
     (data, fixture("tiny/config.json"))
 }
 
@@ -227,12 +218,12 @@ fn training_writes_last_model_pth_and_resume_from_it_continues_exactly() {
     let dir = temp_dir("resume");
     let (data, cfg) = synth_setup(&dir);
     let (straight, first, second) = (dir.join("straight"), dir.join("first"), dir.join("second"));
-    detris(&train_args(&data, &cfg, &straight, &["--epochs", "2", "--save-format", "both"]));
-    detris(&train_args(&data, &cfg, &first, &["--epochs", "1", "--save-format", "pth"]));
+    detris_ok(&train_args(&data, &cfg, &straight, &["--epochs", "2", "--save-format", "both"]));
+    detris_ok(&train_args(&data, &cfg, &first, &["--epochs", "1", "--save-format", "pth"]));
     assert!(first.join("last_model.pth").is_file() && first.join("best_model.pth").is_file());
     assert!(!first.join("last.safetensors").exists(), "--save-format pth writes no safetensors at epoch ends");
     let last = first.join("last_model.pth");
-    let log = detris(&train_args(
+    let log = detris_ok(&train_args(
         &data,
         &cfg,
         &second,
@@ -249,7 +240,7 @@ fn training_writes_last_model_pth_and_resume_from_it_continues_exactly() {
     // The official fixture resumes too: its epoch and Adam step carry on.
     let official = dir.join("official");
     let fixture_ckpt = fixture("tiny/detris_ckpt.pth");
-    let log = detris(&train_args(
+    let log = detris_ok(&train_args(
         &data,
         &cfg,
         &official,
@@ -265,7 +256,7 @@ fn export_format_pth_holds_every_weight_under_module_keys() {
     let dir = temp_dir("export");
     let out = dir.join("exported.pth");
     let (ckpt, cfg) = (fixture("tiny/detris_ckpt.pth"), fixture("tiny/config.json"));
-    detris(&[
+    detris_ok(&[
         "export",
         "--checkpoint",
         ckpt.to_str().unwrap(),

@@ -2,8 +2,12 @@
 //! --print-config` resolves each to the file's own values (this test reads
 //! the YAML itself to compare), and bad keys or values are named.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::detris_ok;
 
 fn configs() -> Vec<PathBuf> {
     let root = detris_io::fixtures::path("official-configs");
@@ -184,18 +188,13 @@ fn evaluate_start_epoch_and_save_freq_are_honoured() {
     let dir = std::env::temp_dir().join(format!("detris-yaml-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
-    let run = |args: &[&str]| {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_detris")).args(args).env("DETRIS_NO_PROGRESS", "1").output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "10", "--size", "112"]);
+    detris_ok(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "10", "--size", "112"]);
     let (yaml, cfg) = (
         detris_io::fixtures::path("official-configs/refcoco/DETRIS_base.yaml"),
         detris_io::fixtures::path("tiny/config.json"),
     );
     let out = dir.join("run");
-    run(&[
+    detris_ok(&[
         "train",
         "--yaml",
         yaml.to_str().unwrap(),
