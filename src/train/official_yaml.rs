@@ -230,6 +230,14 @@ impl OfficialYaml {
         self.get(key)?.as_array()?.iter().map(|v| v.as_u64().map(|v| v as usize)).collect()
     }
 
+    /// `<file>: <key>`, where a message says what is wrong.
+    fn at(&self, key: &str) -> String {
+        match &self.path {
+            Some(p) => format!("{}: {key}", p.display()),
+            None => key.to_string(),
+        }
+    }
+
     /// The prepared-layout root, from `mask_root: <root>/masks/<dataset>`.
     pub fn data_root(&self) -> Option<PathBuf> {
         let m = PathBuf::from(self.string("mask_root")?);
@@ -246,10 +254,7 @@ impl OfficialYaml {
     /// keys that have no effect on a detris run, with the reason.
     pub fn check_and_notes(&self) -> Result<BTreeMap<String, String>> {
         let mut notes = BTreeMap::new();
-        let here = |key: &str| match &self.path {
-            Some(p) => format!("{}: {key}", p.display()),
-            None => key.to_string(),
-        };
+        let here = |key: &str| self.at(key);
         if let Some(s) = self.list("stride") {
             if s.iter().any(|&x| x != 1) {
                 bail!("{}: {s:?} is refused: detris implements the neck with stride 1 only", here("stride"));
@@ -276,10 +281,7 @@ impl OfficialYaml {
     /// The model the config describes: the DINOv2 its `dino_name` names,
     /// with its adapter layers and dims, taps, word length and head sizes.
     pub fn model_config(&self) -> Result<DetrisConfig> {
-        let here = |key: &str| match &self.path {
-            Some(p) => format!("{}: {key}", p.display()),
-            None => key.to_string(),
-        };
+        let here = |key: &str| self.at(key);
         let mut c = match self.string("dino_name").as_deref() {
             None | Some("dino-base") => DetrisConfig::detris_b(),
             Some("dinov2-large") => DetrisConfig::detris_l(),
