@@ -257,8 +257,8 @@ mod tests {
             (
                 PickleValue::str("t"),
                 PickleValue::call(
-                    "collections",
-                    "OrderedDict",
+                    "torch._utils",
+                    "_rebuild_tensor_v2",
                     vec![PickleValue::PersistentId(Box::new(PickleValue::Tuple(vec![
                         PickleValue::str("storage"),
                         PickleValue::Global("torch".into(), "FloatStorage".into()),
@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(pairs[0].1, Value::Tuple(vec![Value::Float(0.9), Value::Float(-1e-8)]));
         assert!(pairs[1].1.is_none());
         assert_eq!(pairs[2].1, Value::List(vec![Value::Bool(true), Value::Bool(false)]));
-        assert_eq!(pairs.len(), 5);
+        let call = pairs[3].1.as_object().unwrap();
+        assert!(call.callable.is("torch._utils", "_rebuild_tensor_v2"));
+        assert!(matches!(&call.args[0], Value::PersistentId(id) if id.as_list().is_some_and(|t| t.len() == 2)));
+        assert_eq!(pairs[4].1, Value::Dict(vec![]), "OrderedDict() is an empty dict");
     }
 
     #[test]
