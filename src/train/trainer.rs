@@ -125,7 +125,7 @@ impl Trainer {
     fn save_epoch(&self, improved: bool, val: Option<&detris_io::metrics::Summary>) -> Result<()> {
         let r = &self.opts.recipe;
         let due = self.state.epoch % r.save_freq.max(1) == 0 || self.state.epoch >= self.opts.epochs;
-        if r.save_format.safetensors() || !r.save_format.pth() {
+        if r.save_format.safetensors() {
             if due {
                 self.save(&self.last_path())?;
             }
