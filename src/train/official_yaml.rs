@@ -85,7 +85,7 @@ const KEYS: &[(&str, &str, Type, &str)] = &[
     ("TRAIN", "dropout", Type::Float, "model: dropout probability"),
     ("TRAIN", "intermediate", Type::Bool, "must be False: the decoder's intermediate outputs are not used"),
     ("TRAIN", "workers", Type::Usize, "data loading threads (--workers wins)"),
-    ("TRAIN", "workers_val", Type::Usize, "validation loading threads"),
+    ("TRAIN", "workers_val", Type::Usize, "not used by train: validation loads with the training threads"),
     ("TRAIN", "epochs", Type::Usize, "recipe: epochs"),
     ("TRAIN", "milestones", Type::UsizeList, "recipe: MultiStepLR milestones"),
     ("TRAIN", "start_epoch", Type::Usize, "recipe: the first epoch (0-based) of a run that is not resumed"),
