@@ -72,14 +72,21 @@ fn the_official_fixture_written_again_has_the_same_structure_and_tensors() {
     let sched = theirs.get("scheduler").unwrap();
     let bn_key = "module.neck.aggr.1.num_batches_tracked";
     let bn = their_reader.tensor(theirs.get("state_dict").unwrap().get(bn_key).unwrap()).unwrap().unwrap();
+    // MultiStepLR keeps its milestones as a Counter: milestone → how often it is listed.
+    let counter = sched.get("milestones").unwrap();
+    let counts = counter.as_dict().or_else(|| counter.as_object().and_then(|o| o.args.first()?.as_dict())).unwrap();
+    let milestones: Vec<usize> = counts
+        .iter()
+        .flat_map(|(m, n)| std::iter::repeat_n(m.as_i64().unwrap() as usize, n.as_i64().unwrap() as usize))
+        .collect();
     let run = RunRecord {
         epoch: state.epoch,
         cur_iou: float("cur_iou"),
         best_iou: float("best_iou"),
         prec: prec.iter().map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_f64().unwrap())).collect(),
-        milestones: vec![35, 55],
+        milestones,
         gamma: sched.get("gamma").and_then(Value::as_f64).unwrap(),
-        base_lr: 1e-4,
+        base_lr: sched.get("base_lrs").and_then(Value::as_list).unwrap()[1].as_f64().unwrap(),
         bn_batches: bn.to_i64_vec()[0],
     };
     official_pth::save(&ours_path, &model, &opt, &run).unwrap();
