@@ -13,9 +13,15 @@ use super::model_args::ModelArgs;
 pub struct ExportArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The detris safetensors file to write (config and checksum in its metadata).
+    /// The file to write: detris safetensors (config and checksum in its
+    /// metadata) or, with --format pth, the official checkpoint container.
     #[arg(long)]
     out: PathBuf,
+    /// safetensors, or pth: the container the official train.py writes
+    /// (`module.` keys, empty Adam state, epoch 0), which its test.py and
+    /// demo.py load.
+    #[arg(long, value_enum, default_value = "safetensors")]
+    format: ExportFormat,
     /// Store the weights as f16 (half the size; widened exactly on load).
     #[arg(long)]
     f16: bool,
@@ -23,6 +29,12 @@ pub struct ExportArgs {
     /// set (every anns/<dataset>/*.json under it).
     #[arg(long)]
     prune_vocab: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    Safetensors,
+    Pth,
 }
 
 /// Token ids of every sentence of a prepared data set (every split of every
@@ -50,6 +62,15 @@ fn vocabulary(root: &std::path::Path, word_len: usize) -> Result<Vec<i64>> {
 
 pub fn run(a: ExportArgs) -> Result<()> {
     let model = a.model.load()?;
+    if a.format == ExportFormat::Pth {
+        if a.f16 || a.prune_vocab.is_some() {
+            return Err(super::usage("--f16 and --prune-vocab make files the official code cannot load"));
+        }
+        detris::train::official_pth::export(&a.out, &model)?;
+        let size = std::fs::metadata(&a.out)?.len();
+        eprintln!("wrote {} ({:.1} MB, official container)", a.out.display(), size as f64 / 1e6);
+        return Ok(());
+    }
     let mut map = weights::state_dict(&model, false)?;
     if let Some(root) = &a.prune_vocab {
         let ids = vocabulary(root, model.config.word_len)?;

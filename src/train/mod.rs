@@ -6,5 +6,8 @@ pub mod checkpoint;
 /// The data module moved up to [`crate::data`] (evaluation reads it too); this
 /// name stays for callers of `train::data`.
 pub use crate::data;
+pub mod official_order;
+pub mod official_pth;
 pub mod official_yaml;
+pub mod recipe;
 pub mod trainer;

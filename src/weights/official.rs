@@ -179,20 +179,18 @@ pub fn config_from_fixture_params(p: &Value) -> Result<DetrisConfig> {
 
 /// The model config that the flattened keys of an official YAML file
 /// (`config/<dataset>/DETRIS_*.yaml`, sections merged) describe: the variant
-/// its DINOv2 names (`file_stem` tells the mixed L*), with its adapter layers
-/// and dims, taps, word length and head sizes. Not validated.
-pub fn config_from_yaml_keys(keys: &BTreeMap<String, Value>, file_stem: &str) -> DetrisConfig {
+/// its `dino_name` names, with its adapter layers and dims, taps, word length
+/// and head sizes; named after the variant it equals but for the word length (`…-custom`
+/// otherwise).
+/// Not validated.
+pub fn config_from_yaml_keys(keys: &BTreeMap<String, Value>) -> DetrisConfig {
     let get = |k: &str| keys.get(k).filter(|v| !v.is_null());
     let usize_of = |k: &str| get(k)?.as_u64().map(|v| v as usize);
     let list = |k: &str| -> Option<Vec<usize>> {
         get(k)?.as_array()?.iter().map(|v| v.as_u64().map(|v| v as usize)).collect()
     };
-    let large = get("dino_name").and_then(Value::as_str).is_some_and(|n| n.contains("large"))
-        || list("fpn_in").is_some_and(|f| f.first() == Some(&1024));
+    let large = get("dino_name").and_then(Value::as_str) == Some("dinov2-large");
     let mut c = if large { DetrisConfig::detris_l() } else { DetrisConfig::detris_b() };
-    if file_stem.to_lowercase().contains("mixed") {
-        c = DetrisConfig::detris_l_mixed();
-    }
     // YAML key → field.
     for (key, field) in [
         ("visual_adapter_layer", &mut c.dino_adapter_layers),
@@ -222,6 +220,11 @@ pub fn config_from_yaml_keys(keys: &BTreeMap<String, Value>, file_stem: &str) ->
     if let Some(v) = get("dropout").and_then(Value::as_f64) {
         c.dropout = v;
     }
+    c.name = [DetrisConfig::detris_b(), DetrisConfig::detris_l(), DetrisConfig::detris_l_mixed()]
+        .into_iter()
+        .find(|v| DetrisConfig { name: c.name.clone(), word_len: c.word_len, ..v.clone() } == c)
+        .map(|v| v.name)
+        .unwrap_or_else(|| format!("{}-custom", c.name));
     c
 }
 
@@ -255,7 +258,7 @@ mod tests {
                 let keys: BTreeMap<String, Value> =
                     yaml.as_object().unwrap().values().flat_map(|s| s.as_object().unwrap().clone()).collect();
                 let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-                let got = config_from_yaml_keys(&keys, &stem);
+                let got = config_from_yaml_keys(&keys);
                 let mut want = match stem.as_str() {
                     "DETRIS_base" => DetrisConfig::detris_b(),
                     "DETRIS_large" => DetrisConfig::detris_l(),

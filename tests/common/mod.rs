@@ -70,3 +70,16 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     let b = f64_cpu(b);
     (f64_cpu(a) - &b).norm().double_value(&[]) / b.norm().double_value(&[])
 }
+
+/// Runs the detris binary (progress bars off) and returns its stderr and
+/// stdout; panics with them unless it succeeds.
+pub fn detris_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_detris"))
+        .args(args)
+        .env("DETRIS_NO_PROGRESS", "1")
+        .output()
+        .expect("run detris");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "detris {args:?} failed:\n{text}");
+    text
+}

@@ -19,6 +19,7 @@
 
 mod legacy;
 mod rebuild;
+pub mod writer;
 mod zip_archive;
 
 use std::collections::BTreeMap;
@@ -109,6 +110,30 @@ pub fn widen_f16_to_f32(t: RawTensor) -> Option<RawTensor> {
     let bytes: Vec<u8> =
         t.bytes().chunks_exact(2).flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect();
     RawTensor::new(DType::F32, t.shape.clone(), Bytes::Owned(bytes))
+}
+
+/// Reads the tensors a pickle tree refers to (see [`load_tree`]).
+pub struct TensorReader {
+    storages: Box<dyn Storages>,
+    path: std::path::PathBuf,
+}
+
+impl TensorReader {
+    /// The tensor `v` is (a `_rebuild_tensor_v2` record), `None` when it is
+    /// no tensor.
+    pub fn tensor(&mut self, v: &Value) -> Result<Option<RawTensor>> {
+        rebuild::tensor(v, self.storages.as_mut()).map_err(|what| Error::invalid(&self.path, what))
+    }
+}
+
+/// The whole pickle of a `torch.save` file, with a reader for the tensors it
+/// names: the training state (optimizer, scheduler) that
+/// [`load_checkpoint`] leaves out.
+pub fn load_tree(path: &Path) -> Result<(Value, TensorReader)> {
+    match open(path)? {
+        Opened::Pickled { root, storages, .. } => Ok((root, TensorReader { storages, path: path.to_path_buf() })),
+        Opened::Safetensors => Err(Error::invalid(path, "a safetensors file, not a torch.save archive")),
+    }
 }
 
 enum Opened {

@@ -84,6 +84,10 @@ pub struct ReferSource {
     /// The official `data_process.py` list for the known data sets; for any
     /// other folder the distinct `split` values of its refs, in order.
     pub splits: Vec<String>,
+    /// The folder under `<root>/images/` with the pictures.
+    pub image_dir: String,
+    /// Pictures whose refs `prepare` leaves out, as the official script does.
+    pub excluded_images: Vec<String>,
 }
 
 impl ReferSource {
@@ -96,6 +100,8 @@ impl ReferSource {
                 refer_dir: spec.refer_dir.to_string(),
                 split_by: spec.split_by.to_string(),
                 splits: spec.prepare_splits.iter().map(|s| s.to_string()).collect(),
+                image_dir: spec.image_dir.to_string(),
+                excluded_images: spec.excluded_images.iter().map(|s| s.to_string()).collect(),
             }),
             (Err(e), _) if DATASETS.iter().any(|d| d.name == dataset || d.refer_dir == dataset) => Err(e),
             (Err(_), Some(by)) if is_plain_name(dataset) && is_plain_name(by) => Ok(ReferSource {
@@ -103,6 +109,8 @@ impl ReferSource {
                 refer_dir: dataset.to_string(),
                 split_by: by.to_string(),
                 splits: Vec::new(),
+                image_dir: super::splits::COCO_IMAGES.to_string(),
+                excluded_images: Vec::new(),
             }),
             (Err(e), _) => Err(Error::input(format!("{e} (another REFER folder needs an explicit split_by)"))),
         }
@@ -256,9 +264,9 @@ impl Refer {
         count_mask(&parts, h, w).map_err(context)
     }
 
-    /// `<root>/images/train2014/<file_name>`.
+    /// `<root>/images/<train2014 or saiapr_tc-12>/<file_name>`.
     pub fn image_path(&self, image: &CocoImage) -> PathBuf {
-        self.root.join("images").join("train2014").join(&image.file_name)
+        self.root.join("images").join(&self.source.image_dir).join(&image.file_name)
     }
 
     /// The COCO file the images and annotations came from.
