@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
 use crate::device::{parse_device, precision_kind};
+use crate::model::init::randomise;
 use crate::model::{Ctx, Detris, Levers};
 
 /// One measured configuration.
@@ -74,24 +75,6 @@ impl BenchResult {
 /// Peak resident set size of this process (Linux `VmHWM`), bytes.
 pub fn peak_rss() -> u64 {
     crate::device::peak_rss_kib().map_or(0, |kib| kib * 1024)
-}
-
-/// Fills every variable with small random values (frozen ones included, so
-/// the arithmetic is that of a real model, not of zeros).
-pub fn randomise(model: &Detris, seed: i64) {
-    tch::manual_seed(seed);
-    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (name, v) in vars {
-            let mut v = v.shallow_clone();
-            if name.contains("running_var") || name.ends_with("gamma") || name.contains("norm") {
-                let _ = v.uniform_(0.5, 1.5);
-            } else {
-                let _ = v.normal_(0.0, 0.02);
-            }
-        }
-    });
 }
 
 impl BenchCase {

@@ -1,5 +1,5 @@
 //! Every dimension and constant of a DETRIS model, and the official variants
-//! as named constructors (spec §2). Nothing in the model is a literal: the
+//! as named constructors. Nothing in the model is a literal: the
 //! text width W, text embed width E, DINOv2 width D and neck/decoder width C
 //! are separate fields.
 
@@ -157,74 +157,12 @@ impl DetrisConfig {
         })
     }
 
-    /// The `params` object of a fixture's `config.json` (official naming).
-    pub fn from_fixture_params(p: &serde_json::Value) -> Result<DetrisConfig> {
-        let u = |k: &str| -> Result<usize> {
-            p.get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .with_context(|| format!("config params: missing integer `{k}`"))
-        };
-        let f = |k: &str| -> Result<f64> {
-            p.get(k).and_then(|v| v.as_f64()).with_context(|| format!("config params: missing number `{k}`"))
-        };
-        let list = |k: &str| -> Result<Vec<usize>> {
-            p.get(k)
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
-                .with_context(|| format!("config params: missing list `{k}`"))
-        };
-        Ok(DetrisConfig {
-            name: "fixture".into(),
-            input_size: u("img")?,
-            word_len: u("word_len")?,
-            vocab_size: u("vocab")?,
-            context_length: u("context_length")?,
-            txt_width: u("txt_width")?,
-            txt_layers: u("txt_layers")?,
-            txt_heads: u("txt_heads")?,
-            embed_dim: u("embed_dim")?,
-            txt_adapter_layers: list("txt_adapter_layer")?,
-            txt_adapter_dim: u("txt_adapter_dim")?,
-            dino_dim: u("dino_dim")?,
-            dino_depth: u("dino_depth")?,
-            dino_heads: u("dino_heads")?,
-            patch_size: u("patch_size")?,
-            register_tokens: u("register_tokens")?,
-            pos_grid: u("pos_grid")?,
-            interpolate_offset: f("interpolate_offset")?,
-            mlp_ratio: u("mlp_ratio")?,
-            dino_adapter_layers: list("dino_adapter_layer")?,
-            visual_adapter_dim: u("visual_adapter_dim")?,
-            taps: list("output_dinov2")?,
-            cross_dim: u("cross_dim")?,
-            cross_heads: u("cross_heads")?,
-            vis_dim: u("vis_dim")?,
-            dec_layers: u("dec_layers")?,
-            dec_heads: u("dec_heads")?,
-            dec_ffn: u("dec_ffn")?,
-            dropout: 0.1,
-            proj_kernel: u("proj_kernel")?,
-            adapter_scale: f("adapter_scale")?,
-            clip_ln_eps: f("clip_ln_eps")?,
-            dino_ln_eps: f("dino_ln_eps")?,
-            adapter_bn_eps: f("adapter_bn_eps")?,
-            neck_bn_eps: f("neck_bn_eps")?,
-            sot: u("sot")? as i64,
-            eot: u("eot")? as i64,
-        })
-    }
-
-    /// Reads a detris config JSON, or a fixture `config.json` (with `params`).
+    /// Reads a detris config JSON (this struct's fields). A fixture
+    /// `config.json` (official names) is read by `weights::official::read_config_file`.
     pub fn from_json_file(path: &std::path::Path) -> Result<DetrisConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let cfg = match v.get("params") {
-            Some(p) => Self::from_fixture_params(p),
-            None => serde_json::from_value(v).map_err(anyhow::Error::from),
-        }
-        .with_context(|| format!("{}: not a detris config", path.display()))?;
+        let cfg: DetrisConfig =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a detris config", path.display()))?;
         cfg.validate().with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
@@ -306,7 +244,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn official_variants_are_valid_and_differ_where_the_spec_says() {
+    fn official_variants_are_valid_and_differ_as_the_official_configs() {
         for v in DetrisConfig::VARIANTS {
             DetrisConfig::variant(v).unwrap().validate().unwrap();
         }

@@ -14,9 +14,9 @@ use detris_io::metrics::{self, Metrics, Summary};
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
+use crate::data::{batch_tensors, open_loader, DataSpec};
 use crate::model::{Ctx, Detris};
 use crate::segment::logits_to_prob;
-use crate::train::data::{batch_tensors, open_loader, DataSpec};
 
 #[derive(Debug, Serialize)]
 pub struct EvalReport {

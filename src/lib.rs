@@ -86,6 +86,7 @@ pub mod batch;
 #[doc(hidden)]
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod eval;
 pub mod model;
@@ -98,6 +99,7 @@ pub mod weights;
 
 pub use anyhow::{Error, Result};
 pub use config::DetrisConfig;
+pub use data::DataSpec;
 pub use detris_io::data::loader::Mode;
 pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
@@ -105,4 +107,3 @@ pub use eval::{evaluate, EvalOutputs, EvalReport, SentenceRecord};
 pub use model::Detris;
 pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, Timings};
 pub use tch::{Device, Kind};
-pub use train::data::DataSpec;

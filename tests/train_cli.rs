@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::max_abs_diff;
+use detris::data::DataSpec;
+use detris::train::trainer::{lr_at, TrainOptions};
+use detris::weights::{self, ConfigChoice, WeightFiles};
+use detris_io::data::loader::Mode;
 use tch::Tensor;
 
 fn detris_unchecked(args: &[&str]) -> std::process::Output {
@@ -22,6 +26,13 @@ fn detris(args: &[&str]) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// An empty scratch folder of this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("detris-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// A small synthetic data set and a narrow config at 112 px, made once per test binary.
@@ -97,8 +108,7 @@ fn assert_bit_identical(a: &Path, b: &Path, after: &str) -> usize {
 
 #[test]
 fn resume_continues_bit_identically() {
-    let dir = std::env::temp_dir().join(format!("detris-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("resume");
     let (data, cfg) = setup(&dir);
     let (straight, split) = (dir.join("straight"), dir.join("split"));
     train(&data, &cfg, &straight, &["--max-steps", "9"]);
@@ -113,8 +123,7 @@ fn resume_continues_bit_identically() {
 
 #[test]
 fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
-    let dir = std::env::temp_dir().join(format!("detris-nan-loss-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("nan-loss");
     let (data, cfg) = setup(&dir);
     let out = dir.join("run");
     // Adam moves every weight by about lr per step: at 1e30 the first step
@@ -152,18 +161,33 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The per-epoch records of a run's metrics.jsonl.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The mIoU of a checkpoint on the first `limit` refs of a split, as the trainer's
+/// validation computes it (first sentence per ref, one thread, the same batch size).
+fn validation_miou(checkpoint: &Path, data: &Path, split: &str, limit: usize) -> f64 {
+    tch::set_num_threads(1);
+    let files = WeightFiles { checkpoint: Some(checkpoint.to_path_buf()), ..Default::default() };
+    let model = weights::load_model(&files, &ConfigChoice::default(), tch::Device::Cpu).unwrap();
+    let spec =
+        DataSpec { root: data.into(), dataset: "synth".into(), train_split: "train".into(), val_split: split.into() };
+    detris::eval::evaluate(&model, &spec, split, Mode::Val, limit, 8, 2, None).unwrap().summary.miou
+}
+
 #[test]
 fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
-    let dir = std::env::temp_dir().join(format!("detris-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("e2e");
     let (data, cfg) = setup(&dir);
     let run = dir.join("run");
     train(&data, &cfg, &run, &["--train-backbones"]);
     for f in ["last.safetensors", "best.safetensors", "metrics.jsonl", "training.png"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records = metrics(&run);
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r["val_miou"].as_f64().is_some() && r["train_loss"].as_f64().unwrap().is_finite()));
     for r in &records {
@@ -172,6 +196,10 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
         assert!(prec.iter().all(|p| (0.0..=1.0).contains(p)) && prec.windows(2).all(|w| w[0] >= w[1]), "{r}");
     }
     assert_eq!(image::image_dimensions(run.join("training.png")).unwrap(), (900, 420));
+    // From random weights the loss falls (about 0.30 → 0.15 here): far more than the
+    // batch-to-batch noise of a trained model.
+    let loss: Vec<f64> = records.iter().map(|r| r["train_loss"].as_f64().unwrap()).collect();
+    assert!(loss[1] < loss[0], "the training loss did not fall: {loss:?}");
 
     let json = dir.join("eval.json");
     let overlays = dir.join("overlays");
@@ -208,14 +236,54 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
+    let dir = scratch("best");
+    let (data, _) = setup(&dir);
+    let run = dir.join("run");
+    // Fine-tuning the shipped model (trained on this kind of data, so its masks overlap the
+    // ground truth and the mIoU moves between epochs); `best` chosen on the test split, as the
+    // official RefCOCO+ configs choose it on testB.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/detris-synth.safetensors");
+    let epochs = 3;
+    #[rustfmt::skip]
+    detris(&[
+        "train", "--checkpoint", shipped, "--train-backbones", "--data", data.to_str().unwrap(),
+        "--dataset", "synth", "--val-split", "test", "--epochs", &epochs.to_string(), "--milestones", "2",
+        "--batch-size", "8", "--lr", "1e-3", "--seed", "5", "--threads", "1", "--workers", "2",
+        "--device", "cpu", "--val-limit", "6", "--out", run.to_str().unwrap(),
+    ]);
+    let records = metrics(&run);
+    assert_eq!(records.len(), epochs);
+    assert!(records.iter().all(|r| r["val_split"] == "test"), "{records:?}");
+    let miou: Vec<f64> = records.iter().map(|r| r["val_miou"].as_f64().unwrap()).collect();
+    // max_by returns the last of equal maxima: the later epoch, as the official `>=`.
+    let best = (0..epochs).max_by(|&a, &b| miou[a].total_cmp(&miou[b])).unwrap();
+    eprintln!("test mIoU per epoch {miou:?}: best is epoch {}", best + 1);
+    assert!(miou.iter().all(|&m| m > 0.0), "the masks must overlap the ground truth for this test: {miou:?}");
+    // Exact: the same weights, refs, batches and arithmetic as the trainer's validation.
+    let again = validation_miou(&run.join("best.safetensors"), &data, "test", 6);
+    assert_eq!(again, miou[best], "best.safetensors gives {again} on test; epoch {} had {}", best + 1, miou[best]);
+    let model_part = |p: &Path| -> Vec<(String, Tensor)> {
+        tensors(p).into_iter().filter(|(name, _)| !name.starts_with("adam.")).collect()
+    };
+    let (b, l) = (model_part(&run.join("best.safetensors")), model_part(&run.join("last.safetensors")));
+    let same = b.len() == l.len() && b.iter().zip(&l).all(|((_, x), (_, y))| max_abs_diff(x, y) == 0.0);
+    assert_eq!(
+        same,
+        best == epochs - 1,
+        "best.safetensors is the last epoch's weights exactly when that epoch is best"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A run killed with SIGKILL at arbitrary moments (checkpoint writes
 /// included: `--save-every 1` writes one every step) and resumed each time
 /// ends with the same parameters as an uninterrupted run; no checkpoint is
 /// ever left half-written.
 #[test]
 fn killed_and_resumed_runs_end_bit_identical() {
-    let dir = std::env::temp_dir().join(format!("detris-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("kill");
     let (data, cfg) = setup(&dir);
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
     let t0 = std::time::Instant::now();
@@ -272,8 +340,7 @@ fn killed_and_resumed_runs_end_bit_identical() {
 
 #[test]
 fn precisions_a_device_cannot_train_in_are_refused_before_any_work() {
-    let dir = std::env::temp_dir().join(format!("detris-bad-precision-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("bad-precision");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let (data, cfg, out) = (dir.join("data"), dir.join("no-config.json"), dir.join("run"));
     for (precision, says) in [("bf16", "not available on Cpu"), ("fp8", "fp8")] {
@@ -284,4 +351,73 @@ fn precisions_a_device_cannot_train_in_are_refused_before_any_work() {
         assert!(!out.exists(), "nothing is written before the options are checked");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn learning_rate_steps_down_at_each_official_milestone() {
+    // The schedules of the nine released YAML files: MultiStepLR stepped once per epoch,
+    // so 0-based epoch e runs at base · decay^(milestones ≤ e).
+    let root = common::fixture("official-configs");
+    let mut yamls = Vec::new();
+    for ds in std::fs::read_dir(&root).unwrap() {
+        let ds = ds.unwrap().path();
+        if ds.is_dir() {
+            yamls.extend(std::fs::read_dir(ds).unwrap().map(|f| f.unwrap().path()));
+        }
+    }
+    assert!(!yamls.is_empty(), "no YAML under {}", root.display());
+    for path in yamls {
+        let yaml: serde_json::Value =
+            serde_norway::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let train = &yaml["TRAIN"];
+        let num = |k: &str| train[k].as_f64().unwrap_or_else(|| panic!("{}: no {k}", path.display()));
+        let milestones: Vec<usize> =
+            train["milestones"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap() as usize).collect();
+        let opts = schedule(milestones.clone(), num("base_lr"), num("lr_decay"), num("epochs") as usize);
+        // 1e-12 relative: decay^k is computed by repeated multiplication in f64.
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+        let at = |e: usize| lr_at(&opts, e);
+        assert!(near(at(0), opts.base_lr), "{}", path.display());
+        for (k, &m) in milestones.iter().enumerate() {
+            let before = opts.base_lr * opts.lr_decay.powi(k as i32);
+            assert!(near(at(m - 1), before), "{}: epoch {m} (1-based) runs at {}", path.display(), at(m - 1));
+            assert!(
+                near(at(m), before * opts.lr_decay),
+                "{}: epoch {} (1-based) runs at {}",
+                path.display(),
+                m + 1,
+                at(m)
+            );
+        }
+        let last = opts.base_lr * opts.lr_decay.powi(milestones.len() as i32);
+        assert!(near(at(opts.epochs - 1), last), "{}: the last epoch runs at {}", path.display(), at(opts.epochs - 1));
+    }
+    // A milestone given twice decays twice (MultiStepLR counts milestones); none: constant.
+    let twice = schedule(vec![3, 3], 1.0, 0.5, 10);
+    assert_eq!((lr_at(&twice, 2), lr_at(&twice, 3)), (1.0, 0.25));
+    assert_eq!(lr_at(&schedule(Vec::new(), 1.0, 0.5, 10), 9), 1.0);
+}
+
+/// Training options that differ only in the learning-rate schedule.
+fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) -> TrainOptions {
+    TrainOptions {
+        data: DataSpec {
+            root: "data".into(),
+            dataset: "d".into(),
+            train_split: "train".into(),
+            val_split: "val".into(),
+        },
+        epochs,
+        milestones,
+        base_lr,
+        lr_decay,
+        batch_size: 1,
+        seed: 0,
+        precision: "f32".into(),
+        max_steps: None,
+        save_every: None,
+        train_backbones: false,
+        val_limit: 0,
+        workers: 1,
+    }
 }

@@ -128,8 +128,12 @@ fn a_checkpoint_of_another_variant_is_refused_with_the_shapes_that_disagree() {
     let e = load(WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() }, &choice)
         .unwrap_err();
     let msg = format!("{e:#}");
+    // The widths come from the two configs: the variant asked for, and the fixture's.
+    let (asked, stored) = (detris::DetrisConfig::detris_b().dino_dim, tiny_config().dino_dim);
+    assert_ne!(asked, stored, "the fixture must be of another shape than DETRIS-B for this test");
     assert!(
-        msg.contains("do not fit config `detris-b`") && msg.contains("DINOv2 width D: config 768, weights 96"),
+        msg.contains("do not fit config `detris-b`")
+            && msg.contains(&format!("DINOv2 width D: config {asked}, weights {stored}")),
         "{msg}"
     );
     // Without any config, the shapes name no official variant: the message says to pass --config.

@@ -28,18 +28,37 @@ enum DataCommand {
         #[arg(long)]
         size: Option<usize>,
     },
-    /// Write the prepared layout (anns/ + masks/) from a REFER download.
+    /// Write the prepared layout (anns/ + masks/) from a REFER download, as
+    /// the official tools/data_process.py: refcoco and refcoco+ (unc),
+    /// refcocog (umd → refcocog_u, google → refcocog_g), refclef (unc,
+    /// berkeley); or the mixed set of DETRIS-L* (--mixed).
     Prepare {
-        /// Folder with <dataset>/refs(<split_by>).p, <dataset>/instances.json and images/train2014/.
+        /// Folder with <dataset>/refs(<split_by>).p, <dataset>/instances.json and
+        /// images/train2014/ (refclef: images/saiapr_tc-12/). With --mixed:
+        /// refcoco, refcoco+ and refcocog (umd) are prepared from it first; without
+        /// it, --mixed reads them already prepared under --out.
         #[arg(long)]
-        refer: PathBuf,
+        refer: Option<PathBuf>,
+        /// refcoco, refcoco+, refcocog, refclef, or refcoco_mixed (= --mixed).
         #[arg(long, default_value = "refcoco")]
         dataset: String,
-        /// unc, umd or google (refcoco and refcoco+ default to unc; refcocog needs umd or google).
+        /// unc, umd or google (refcoco, refcoco+ and refclef default to unc;
+        /// refcocog needs umd or google; refclef also has berkeley).
         #[arg(long)]
         split_by: Option<String>,
         #[arg(long)]
         out: PathBuf,
+        /// The mixed training set of DETRIS-L* (tools/mix.py, tools/mix_mask.py):
+        /// the train and val splits of refcoco, refcoco+ and refcocog_u
+        /// concatenated as refcoco_mixed, ids renamed <dataset>_<ref id>.
+        #[arg(long)]
+        mixed: bool,
+        /// With --mixed: leave out the training refs whose pictures are in any
+        /// source's val or test split. The official set keeps them (so the
+        /// released DETRIS-L* models saw evaluation pictures in training);
+        /// filter to measure without that leak.
+        #[arg(long, requires = "mixed")]
+        exclude_eval_images: bool,
     },
 }
 
@@ -56,9 +75,22 @@ pub fn run(a: DataArgs) -> Result<()> {
             let report = synth::generate(&out, &opts).map_err(|e| super::usage(e.to_string()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        DataCommand::Prepare { refer, dataset, split_by, out } => {
-            let report = detris_io::data::prepared::prepare(&refer, &dataset, split_by.as_deref(), &out)?;
-            println!("{report:#?}");
+        DataCommand::Prepare { refer, dataset, split_by, out, mixed, exclude_eval_images } => {
+            use detris_io::data::{prepared, splits};
+            if mixed || dataset == splits::MIXED {
+                if let Some(refer) = &refer {
+                    for (source, by) in [("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")] {
+                        let report = prepared::prepare(refer, source, Some(by), &out)?;
+                        println!("{report:#?}");
+                    }
+                }
+                let report = prepared::prepare_mixed(&out, exclude_eval_images)?;
+                println!("{report:#?}");
+            } else {
+                let refer = refer.ok_or_else(|| super::usage("--refer is required (except with --mixed)"))?;
+                let report = prepared::prepare(&refer, &dataset, split_by.as_deref(), &out)?;
+                println!("{report:#?}");
+            }
         }
     }
     Ok(())

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use detris::data::DataSpec;
 use detris::eval::{evaluate, table, EvalOutputs};
-use detris::train::data::DataSpec;
 use detris_io::data::loader::Mode;
 
 use super::model_args::{InferencePrecision, ModelArgs};

@@ -49,6 +49,20 @@ pub struct InferencePrecision {
 }
 
 impl ModelArgs {
+    /// How the config is chosen (an unknown `--variant` is a usage error).
+    pub fn config_choice(&self) -> Result<ConfigChoice> {
+        if let Some(v) = &self.variant {
+            detris::DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?;
+        }
+        Ok(ConfigChoice {
+            inline: self.inline.clone(),
+            config: self.config.clone(),
+            variant: self.variant.clone(),
+            word_len: self.word_len,
+            input_size: None,
+        })
+    }
+
     /// The model in f32.
     pub fn load(&self) -> Result<Detris> {
         self.load_in("f32")
@@ -61,22 +75,13 @@ impl ModelArgs {
         }
         let device = detris::device::parse_device(&self.device).map_err(|e| super::usage(e.to_string()))?;
         let kind = detris::device::inference_kind(precision, device).map_err(|e| super::usage(e.to_string()))?;
-        if let Some(v) = &self.variant {
-            detris::DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?;
-        }
+        let choice = self.config_choice()?;
         let checkpoint = match (&self.checkpoint, &self.dinov2) {
             (Some(c), _) => Some(c.clone()),
             (None, Some(_)) => None,
             (None, None) => Some(detris::shipped::default_checkpoint()?),
         };
         let files = WeightFiles { checkpoint, dinov2: self.dinov2.clone(), clip: self.clip.clone() };
-        let choice = ConfigChoice {
-            inline: self.inline.clone(),
-            config: self.config.clone(),
-            variant: self.variant.clone(),
-            word_len: self.word_len,
-            input_size: None,
-        };
         let mut model = weights::load_model(&files, &choice, device)?;
         if kind != tch::Kind::Float {
             model.vs.set_kind(kind);

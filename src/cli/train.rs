@@ -7,6 +7,7 @@ use detris::train::trainer::{TrainOptions, Trainer};
 use detris::{Detris, DetrisConfig};
 
 use detris::train::official_yaml::OfficialYaml;
+use detris::train::recipe::{Recipe, SaveFormat};
 
 use super::model_args::ModelArgs;
 
@@ -18,10 +19,31 @@ pub struct TrainArgs {
     /// instead of pretrained files: the first stage of the shipped model.
     #[arg(long)]
     random_init: bool,
-    /// An official DETRIS YAML config (config/<dataset>/DETRIS_*.yaml): its
-    /// keys set the defaults below and the model; options given here win.
+    // -- The official project's files: its YAML configs, --opts, .pth checkpoints.
+    /// An official DETRIS YAML config (config/<dataset>/DETRIS_*.yaml), read
+    /// verbatim: its keys set the defaults below, the model and the recipe;
+    /// options given here win. Without it the defaults are the official
+    /// DETRIS-B RefCOCO recipe.
     #[arg(long)]
     yaml: Option<PathBuf>,
+    /// Print the resolved configuration (model, recipe, data) as JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Which checkpoints to write: detris's safetensors (resumable
+    /// mid-epoch), the official last_model.pth / best_model.pth after every
+    /// epoch, or both.
+    #[arg(long, value_enum)]
+    save_format: Option<SaveFormat>,
+    /// Continue from this checkpoint: an official last_model.pth (its Adam
+    /// state and epoch) or a detris last.safetensors [YAML: resume].
+    #[arg(long)]
+    resume_from: Option<PathBuf>,
+    /// Override config keys as the official `--opts`: KEY VALUE pairs, the
+    /// key's last dotted part naming it (TRAIN.base_lr 2e-4), values as
+    /// Python literals. Must come last.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_names = ["KEY", "VALUE"])]
+    opts: Vec<String>,
+    // -- end of the official-files block.
     /// Root of the prepared layout (anns/, masks/, images/train2014/)
     /// [YAML: mask_root/../..].
     #[arg(long)]
@@ -33,13 +55,13 @@ pub struct TrainArgs {
     #[arg(long)]
     train_split: Option<String>,
     /// The split that selects `best` (the official RefCOCO+ configs use testB)
-    /// [default: val; YAML: val_lmdb's name].
+    /// [default: val; YAML: val_split].
     #[arg(long)]
     val_split: Option<String>,
-    /// [default: 50; YAML: epochs]
+    /// [default: 65; YAML: epochs]
     #[arg(long)]
     epochs: Option<usize>,
-    /// Epochs after which the lr decays (MultiStepLR) [default: 35; YAML: milestones].
+    /// Epochs after which the lr decays (MultiStepLR) [default: 35,55; YAML: milestones].
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<usize>>,
     /// [default: 1e-4; YAML: base_lr]
@@ -72,69 +94,113 @@ pub struct TrainArgs {
     /// Override the dropout of the config.
     #[arg(long)]
     dropout: Option<f64>,
-    /// Data loading threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Run folder: last.safetensors, best.safetensors, metrics.jsonl, training.png.
-    #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
+    /// Data loading threads [default: 2; YAML: workers].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Run folder: last.safetensors, best.safetensors, metrics.jsonl,
+    /// training.png [default: runs/train; YAML: output_folder/exp_name].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue the run in --out from its last.safetensors.
     #[arg(long)]
     resume: bool,
 }
 
 pub fn run(mut a: TrainArgs) -> Result<()> {
-    let yaml = match &a.yaml {
-        Some(p) => Some(OfficialYaml::read(p).map_err(|e| super::usage(format!("--yaml: {e:#}")))?),
-        None => None,
+    let from_file = a.yaml.is_some();
+    let mut yaml = match &a.yaml {
+        Some(p) => OfficialYaml::read(p).map_err(|e| super::usage(format!("--yaml: {e:#}")))?,
+        None => OfficialYaml::detris_b_refcoco(),
     };
-    let y = yaml.as_ref();
-    let data = a
-        .data
-        .clone()
-        .or_else(|| y?.data_root())
-        .ok_or_else(|| super::usage("--data is required (or --yaml with mask_root)"))?;
-    let dataset = a.dataset.clone().or_else(|| y?.string("dataset")).unwrap_or_else(|| "refcoco".into());
-    let train_split = a.train_split.clone().or_else(|| y?.string("train_split")).unwrap_or_else(|| "train".into());
-    let val_split = a.val_split.clone().or_else(|| y?.val_split()).unwrap_or_else(|| "val".into());
-    let epochs = a.epochs.or_else(|| y?.usize("epochs")).unwrap_or(50);
-    let milestones = a.milestones.clone().or_else(|| y?.list("milestones")).unwrap_or_else(|| vec![35]);
-    let lr = a.lr.or_else(|| y?.f64("base_lr")).unwrap_or(1e-4);
-    let lr_decay = a.lr_decay.or_else(|| y?.f64("lr_decay")).unwrap_or(0.1);
-    let batch_size = a.batch_size.or_else(|| y?.usize("batch_size")).unwrap_or(32);
-    let seed = a.seed.or_else(|| y.and_then(|y| y.usize("manual_seed")).map(|s| s as u64)).unwrap_or(0);
-    if let Some(y) = y {
-        // The YAML names the model and the pretrained files; options win.
+    yaml.merge_opts(&a.opts).map_err(|e| super::usage(format!("{e:#}")))?;
+    let notes = yaml.check_and_notes().map_err(|e| super::usage(format!("{e:#}")))?;
+    let y = &yaml;
+    let data = a.data.clone().or_else(|| if from_file { y.data_root() } else { None });
+    let dataset = a.dataset.clone().or_else(|| y.string("dataset")).unwrap_or_else(|| "refcoco".into());
+    let train_split = a.train_split.clone().or_else(|| y.string("train_split")).unwrap_or_else(|| "train".into());
+    let val_split = a.val_split.clone().or_else(|| y.string("val_split")).unwrap_or_else(|| "val".into());
+    let epochs = a.epochs.or_else(|| y.usize("epochs")).unwrap_or(65);
+    let milestones = a.milestones.clone().or_else(|| y.list("milestones")).unwrap_or_else(|| vec![35, 55]);
+    let lr = a.lr.or_else(|| y.f64("base_lr")).unwrap_or(1e-4);
+    let lr_decay = a.lr_decay.or_else(|| y.f64("lr_decay")).unwrap_or(0.1);
+    let batch_size = a.batch_size.or_else(|| y.usize("batch_size")).unwrap_or(32);
+    let seed = a.seed.or_else(|| y.usize("manual_seed").map(|s| s as u64)).unwrap_or(0);
+    let defaults = Recipe::default();
+    let recipe = Recipe {
+        lr_multi: y.f64("lr_multi").unwrap_or(defaults.lr_multi),
+        weight_decay: y.f64("weight_decay").unwrap_or(defaults.weight_decay),
+        max_norm: y.f64("max_norm").unwrap_or(defaults.max_norm),
+        start_epoch: y.usize("start_epoch").unwrap_or(defaults.start_epoch),
+        save_freq: y.usize("save_freq").unwrap_or(defaults.save_freq),
+        evaluate: y.bool("evaluate").unwrap_or(defaults.evaluate),
+        batch_size_val: y.usize("batch_size_val").unwrap_or(defaults.batch_size_val),
+        print_freq: y.usize("print_freq").map_or(defaults.print_freq, |f| f as u64),
+        save_format: a.save_format.unwrap_or_default(),
+    };
+    // Launcher settings come from a YAML file only (the built-in recipe's 32 workers suit the Python loader).
+    let workers = a.workers.or_else(|| if from_file { y.usize("workers") } else { None }).unwrap_or(2);
+    let out = a.out.clone().or_else(|| if from_file { y.output_dir() } else { None });
+    let out = out.unwrap_or_else(|| PathBuf::from("runs/train"));
+    let resume_from = a.resume_from.clone().or_else(|| y.string("resume").map(PathBuf::from));
+    if from_file {
+        // The YAML names the model, the pretrained files and the initial weights; options win.
         if a.model.config.is_none() && a.model.variant.is_none() && a.model.checkpoint.is_none() {
-            a.model.inline = Some(y.model_config()?);
+            a.model.inline = Some(y.model_config().map_err(|e| super::usage(format!("--yaml: {e:#}")))?);
+        }
+        if a.model.checkpoint.is_none() {
+            a.model.checkpoint = y.string("weight").map(PathBuf::from);
         }
         if a.model.dinov2.is_none() && a.model.checkpoint.is_none() {
             a.model.dinov2 = y.string("dino_pretrain").map(PathBuf::from);
             a.model.clip = a.model.clip.clone().or_else(|| y.string("clip_pretrain").map(PathBuf::from));
         }
     }
+    if a.print_config {
+        let model = match (&a.model.inline, &a.model.config, &a.model.variant) {
+            (Some(c), _, _) => Some(c.clone()),
+            (None, Some(p), _) => Some(DetrisConfig::from_json_file(p)?),
+            (None, None, Some(v)) => Some(DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?),
+            (None, None, None) => None,
+        };
+        let resolved = serde_json::json!({
+            "yaml": a.yaml, "model": model,
+            "weights": {"checkpoint": a.model.checkpoint, "dinov2": a.model.dinov2, "clip": a.model.clip},
+            "data": {"root": data, "dataset": dataset, "train_split": train_split, "val_split": val_split,
+                     "test_split": y.string("test_split")},
+            "recipe": {"epochs": epochs, "milestones": milestones, "base_lr": lr, "lr_decay": lr_decay,
+                       "lr_groups": {"backbone": lr * recipe.lr_multi, "head": lr},
+                       "batch_size": batch_size, "seed": seed, "precision": a.precision, "options": recipe},
+            "run": {"out": out, "resume_from": resume_from, "workers": workers},
+            "not_used_by_train": notes,
+        });
+        println!("{}", serde_json::to_string_pretty(&resolved)?);
+        return Ok(());
+    }
+    let data = data.ok_or_else(|| super::usage("--data is required (or --yaml with mask_root)"))?;
     if batch_size == 0 || epochs == 0 {
         return Err(super::usage("--batch-size and --epochs must be at least 1"));
     }
     if !data.is_dir() {
-        return Err(super::usage(format!("--data {}: no such folder", data.display())));
+        return Err(super::usage(format!(
+            "--data {}: no such folder (the official configs' *_lmdb files are not read: give the root of \
+             the prepared layout that `detris data prepare` writes)",
+            data.display()
+        )));
     }
     // Before any loading: a precision the device cannot train in.
     let device = detris::device::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
     detris::train::trainer::Precision::new(&a.precision, device).map_err(|e| super::usage(e.to_string()))?;
     let mut model = if a.random_init {
-        let cfg = match (&a.model.inline, &a.model.config, &a.model.variant) {
-            (Some(c), _, _) => c.clone(),
-            (None, Some(p), _) => DetrisConfig::from_json_file(p)?,
-            (None, None, Some(v)) => DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?,
-            (None, None, None) => return Err(super::usage("--random-init needs --config, --variant or --yaml")),
-        };
+        let cfg = a
+            .model
+            .config_choice()?
+            .resolve(|| Err(super::usage("--random-init needs --config, --variant or --yaml")))?;
         if a.model.threads > 0 {
             tch::set_num_threads(a.model.threads);
         }
         tch::manual_seed(seed as i64);
         let m = Detris::new(cfg, device)?;
-        detris::weights::init_backbones_randomly(&m, seed);
+        detris::model::init::init_backbones_randomly(&m, seed);
         m
     } else {
         a.model.load()?
@@ -156,11 +222,20 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         save_every: a.save_every,
         train_backbones: a.train_backbones,
         val_limit: a.val_limit,
-        workers: a.workers,
+        workers,
+        recipe,
     };
-    let mut trainer = Trainer::new(model, opts, &a.out)?;
+    let mut trainer = Trainer::new(model, opts, &out)?;
     let last = trainer.last_path();
-    if a.resume && last.exists() {
+    if let Some(from) = &resume_from {
+        if detris::train::official_pth::is_torch_zip(from)? {
+            detris::train::official_pth::resume(&mut trainer, from)
+                .with_context(|| format!("--resume-from {}", from.display()))?;
+        } else {
+            trainer.resume(from).with_context(|| format!("--resume-from {}", from.display()))?;
+        }
+        eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
+    } else if a.resume && last.exists() {
         trainer.resume(&last).with_context(|| format!("--resume from {}", last.display()))?;
         eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
     } else if a.resume {

@@ -1,4 +1,4 @@
-//! The frozen CLIP text transformer with TextAdapters (spec §5.1).
+//! The frozen CLIP text transformer with TextAdapters.
 //! Keys under `txt_backbone.`; all 12 (W-wide) layers run before any vision.
 
 use tch::nn::Path;

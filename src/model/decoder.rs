@@ -1,4 +1,4 @@
-//! Vision-language transformer decoder (spec §5.6, CRIS `TransformerDecoder`):
+//! Vision-language transformer decoder (CRIS `TransformerDecoder`):
 //! pixels self-attend, then attend to the words (padding masked). Keys under
 //! `decoder.`.
 

@@ -1,4 +1,4 @@
-//! DenseAligner (spec §5.3): the visual adapter in DINOv2 blocks. Dense
+//! DenseAligner: the visual adapter in DINOv2 blocks. Dense
 //! multi-scale 2-D convolutions over the patch grid, then cross-attention from
 //! the patches to the words. Keys under `dinov2.blocks.{i}.adapter.`.
 

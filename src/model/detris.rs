@@ -1,4 +1,4 @@
-//! The whole DETRIS model (spec §1): text first, then vision with the word
+//! The whole DETRIS model (the data flow of `docs/architecture.md`): text first, then vision with the word
 //! features, neck, decoder, projector. The module tree is the checkpoint key
 //! schema: `txt_backbone.`, `dinov2.`, `neck.`, `decoder.`, `proj.`.
 
@@ -15,8 +15,7 @@ use crate::config::DetrisConfig;
 
 /// Sentences per batch in [`Detris::forward_sentences`]. On CPU a batch buys
 /// nothing (the matrix products are already at the machine's peak with one
-/// sentence: DETRIS-B at 448, 2 threads, 2.19 s per sentence at 4, 2.73 s at 16
-/// in one batch) and costs memory, so sentences run one after the other there,
+/// sentence; the figures are in docs/bench/README.md) and costs memory, so sentences run one after the other there,
 /// sharing the text-independent blocks. A GPU is under-used by one sentence.
 pub fn sentence_batch(device: Device) -> i64 {
     match device {

@@ -1,4 +1,5 @@
-//! The frozen DINOv2 ViT with 4 registers and DenseAligners (spec §5.2, §5.4).
+//! The frozen DINOv2 ViT with 4 registers and DenseAligners, and the three
+//! feature taps.
 //! Keys under `dinov2.` (the layout of `dinov2_vit{b,l}14_reg4_pretrain.pth`).
 
 use tch::nn::Path;

@@ -26,16 +26,18 @@ pub struct Levers {
     pub fused_attention: bool,
     /// Inference BatchNorm as one per-channel affine (scale, shift) after the conv.
     pub folded_batchnorm: bool,
-    /// The neck's attention to one sentence key computed as `out_proj(W_v t + b_v)` (spec §5.5).
+    /// The neck's attention to one sentence key computed as `out_proj(W_v t + b_v)`
+    /// (attention over a single key is its value, exactly).
     pub single_key_neck: bool,
 }
 
 impl Levers {
     pub const PLAIN: Levers = Levers { fused_attention: false, folded_batchnorm: false, single_key_neck: false };
-    /// The levers that measured faster (README, "Speed and memory"). The
-    /// BatchNorm affine is exact but measured no faster on CPU (it removes
-    /// under 1% of the work) and 1.4× slower on an H200 at batch 1, where
-    /// launches dominate: seven small kernels where BatchNorm is one.
+    /// The levers that measured faster (README, "Speed and memory"; the
+    /// figures are in docs/bench/README.md). The BatchNorm affine is exact but
+    /// measured no faster on CPU (it removes a tiny share of the work) and
+    /// slower on an H200 at batch 1, where launches dominate: seven small
+    /// kernels where BatchNorm is one.
     pub const FAST: Levers = Levers { fused_attention: true, folded_batchnorm: false, single_key_neck: true };
 
     /// Every lever on (`true`) or off.

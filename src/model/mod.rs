@@ -1,4 +1,5 @@
-//! DETRIS, one small file per module of the paper (spec §5).
+//! DETRIS, one small file per module of the paper; the key
+//! prefix of each is in the module map of `docs/architecture.md`.
 //!
 //! data flow: ids → [`clip_text`] (+ [`text_adapter`]) → words, sentence;
 //! image → [`dinov2`] (+ [`dense_aligner`], sees the words) → 3 taps →
@@ -9,6 +10,7 @@ pub mod decoder;
 pub mod dense_aligner;
 pub mod detris;
 pub mod dinov2;
+pub mod init;
 pub mod layers;
 pub mod neck;
 pub mod projector;

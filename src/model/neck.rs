@@ -1,4 +1,4 @@
-//! Neck (spec §5.5, ETRIS `HA` as modified by DETRIS): projects the three
+//! Neck (ETRIS `HA` as modified by DETRIS): projects the three
 //! DINOv2 taps to width C, gates each by the sentence, aggregates, and adds a
 //! CoordConv refinement. Keys under `neck.`.
 

@@ -1,4 +1,4 @@
-//! Projector (spec §5.7, CRIS): upsamples the decoder output ×4 and applies a
+//! Projector (CRIS): upsamples the decoder output ×4 and applies a
 //! per-sample 3×3 kernel generated from the sentence. Keys under `proj.`.
 
 use tch::nn::Path;

@@ -1,4 +1,4 @@
-//! TextAdapter (spec §5.1): dense multi-scale 1-D convolutions over the word
+//! TextAdapter: dense multi-scale 1-D convolutions over the word
 //! positions of a CLIP text block, SOT position excluded from the convs.
 //! Keys under `txt_backbone.transformer.resblocks.{i}.adapter.`.
 

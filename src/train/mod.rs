@@ -1,8 +1,13 @@
-//! Parameter-efficient training (spec §9): only the adapters, neck, decoder
+//! Parameter-efficient training: only the adapters, neck, decoder
 //! and projector train.
 
 pub mod adam;
 pub mod checkpoint;
-pub mod data;
+/// The data module moved up to [`crate::data`] (evaluation reads it too); this
+/// name stays for callers of `train::data`.
+pub use crate::data;
+pub mod official_order;
+pub mod official_pth;
 pub mod official_yaml;
+pub mod recipe;
 pub mod trainer;

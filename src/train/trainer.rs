@@ -1,4 +1,5 @@
-//! The training loop, top to bottom (spec §9): Adam, MultiStepLR stepped per
+//! The training loop, top to bottom (the schedule and
+//! the choice of `best` are in `docs/architecture.md`, Quirks): Adam, MultiStepLR stepped per
 //! epoch, BCE-with-logits on the nearest-downsampled soft mask, train-mode
 //! BatchNorm and dropout; each epoch a validation mIoU, an atomic `last`
 //! checkpoint and `best` by validation mIoU; `--resume` continues exactly.
@@ -13,7 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
 use super::checkpoint::{self, TrainState};
-use super::data::{self, DataSpec};
+use super::recipe::Recipe;
+use crate::data::{self, DataSpec};
 use crate::model::{Ctx, Detris, Levers};
 use detris_io::data::loader::Mode;
 
@@ -39,6 +41,9 @@ pub struct TrainOptions {
     /// Validate on at most this many refs (0 = all).
     pub val_limit: usize,
     pub workers: usize,
+    /// The official optimizer, validation and saving options.
+    #[serde(default)]
+    pub recipe: Recipe,
 }
 
 /// `lr` of epoch `e` (0-based): base · decay^(milestones ≤ e), as
@@ -67,8 +72,10 @@ impl Trainer {
         std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
         let trainable: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-        let opt = Adam::new(trainable, opts.base_lr);
-        let state = TrainState { options: serde_json::to_value(&opts)?, ..Default::default() };
+        // The official optimizer (two groups, weight decay, clipping) and first epoch.
+        let r = &opts.recipe;
+        let opt = Adam::official(trainable, opts.base_lr, r.lr_multi, r.weight_decay, r.max_norm);
+        let state = TrainState { options: serde_json::to_value(&opts)?, epoch: r.start_epoch, ..Default::default() };
         Ok(Trainer { model, opt, state, opts, out: out.to_path_buf() })
     }
 
@@ -89,6 +96,10 @@ impl Trainer {
         then.max_steps = self.opts.max_steps;
         then.epochs = self.opts.epochs;
         then.milestones = self.opts.milestones.clone();
+        then.recipe.save_format = self.opts.recipe.save_format;
+        then.recipe.save_freq = self.opts.recipe.save_freq;
+        then.recipe.print_freq = self.opts.recipe.print_freq;
+        then.recipe.batch_size_val = self.opts.recipe.batch_size_val;
         if serde_json::to_value(&then)? != serde_json::to_value(&self.opts)? {
             bail!(
                 "{}: --resume with different training options than the checkpoint's; they were:\n{}",
@@ -103,6 +114,37 @@ impl Trainer {
 
     fn save(&self, path: &Path) -> Result<()> {
         checkpoint::save(path, &self.model, &self.opt, &self.state, self.opts.train_backbones)
+    }
+
+    /// The official `last_model.pth` / `best_model.pth` beside the safetensors files.
+    pub fn official_path(&self, best: bool) -> PathBuf {
+        self.out.join(if best { "best_model.pth" } else { "last_model.pth" })
+    }
+
+    /// The checkpoints of a finished epoch, in the formats asked for
+    /// (`save_freq` spaces the `last` ones; the final epoch always writes).
+    fn save_epoch(&self, improved: bool, val: Option<&detris_io::metrics::Summary>) -> Result<()> {
+        let r = &self.opts.recipe;
+        let due = self.state.epoch % r.save_freq.max(1) == 0 || self.state.epoch >= self.opts.epochs;
+        if r.save_format.safetensors() {
+            if due {
+                self.save(&self.last_path())?;
+            }
+            if improved {
+                // Write `best` as its own atomic file (no partial copies).
+                self.save(&self.best_path())?;
+            }
+        }
+        if r.save_format.pth() {
+            let run = super::official_pth::RunRecord::of(self, val);
+            if due {
+                super::official_pth::save(&self.official_path(false), &self.model, &self.opt, &run)?;
+            }
+            if improved {
+                super::official_pth::save(&self.official_path(true), &self.model, &self.opt, &run)?;
+            }
+        }
+        Ok(())
     }
 
     /// Runs until `epochs` (or `max_steps`) is reached.
@@ -173,7 +215,7 @@ impl Trainer {
                 bar.inc(1);
                 let rate = loss_n as f64 / started.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {loss:.4} lr {:.1e} {rate:.2} it/s", self.opt.lr));
-                if bar.is_hidden() && self.state.global_step % 100 == 0 {
+                if bar.is_hidden() && self.state.global_step % self.opts.recipe.print_freq.max(1) == 0 {
                     log(&format!(
                         "step {} (epoch {}, batch {}/{per_epoch}): loss {:.4} (mean {:.4}), {rate:.2} it/s",
                         self.state.global_step,
@@ -200,23 +242,30 @@ impl Trainer {
                 ));
                 return Ok(());
             }
-            let val = crate::eval::evaluate(
-                &self.model,
-                &self.opts.data,
-                &self.opts.data.val_split,
-                Mode::Val,
-                self.opts.val_limit,
-                self.opts.batch_size,
-                self.opts.workers,
-                &crate::eval::EvalOutputs::default(),
-            )?
-            .summary;
+            let val = if self.opts.recipe.evaluate {
+                Some(
+                    crate::eval::evaluate(
+                        &self.model,
+                        &self.opts.data,
+                        &self.opts.data.val_split,
+                        Mode::Val,
+                        self.opts.val_limit,
+                        self.opts.recipe.batch_size_val,
+                        self.opts.workers,
+                        &crate::eval::EvalOutputs::default(),
+                    )?
+                    .summary,
+                )
+            } else {
+                None
+            };
             let mean_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
+            let (miou, oiou) = val.as_ref().map_or((f64::NAN, f64::NAN), |v| (v.miou, v.oiou));
             let record = serde_json::json!({
                 "epoch": epoch + 1, "step": self.state.global_step, "lr": self.opt.lr,
                 "train_loss": mean_loss, "val_split": self.opts.data.val_split,
-                "val_miou": val.miou, "val_oiou": val.oiou,
-                "val_prec": val.prec.iter().map(|(t, p)| (format!("Pr@{:.0}", t * 100.0), serde_json::Value::from(*p))).collect::<serde_json::Map<_, _>>(),
+                "val_miou": val.as_ref().map(|v| v.miou), "val_oiou": val.as_ref().map(|v| v.oiou),
+                "val_prec": val.as_ref().map(|v| v.prec.iter().map(|(t, p)| (format!("Pr@{:.0}", t * 100.0), serde_json::Value::from(*p))).collect::<serde_json::Map<_, _>>()),
                 "seconds": started.elapsed().as_secs_f64(),
             });
             self.state.history.push(record.clone());
@@ -224,24 +273,19 @@ impl Trainer {
             writeln!(f, "{record}")?;
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
-            let improved = self.state.best_miou.is_none_or(|b| val.miou >= b);
+            // As the official loop: best when the validation mIoU is at least the best so far.
+            let improved = val.is_some() && self.state.best_miou.is_none_or(|b| miou >= b);
             if improved {
-                self.state.best_miou = Some(val.miou);
+                self.state.best_miou = Some(miou);
                 self.state.best_epoch = Some(epoch + 1);
             }
-            self.save(&self.last_path())?;
-            if improved {
-                // Write `best` as its own atomic file (no partial copies).
-                self.save(&self.best_path())?;
-            }
+            self.save_epoch(improved, val.as_ref())?;
             log(&format!(
-                "epoch {}/{}: loss {mean_loss:.4}, lr {:.1e}, {} mIoU {:.4} oIoU {:.4}{}",
+                "epoch {}/{}: loss {mean_loss:.4}, lr {:.1e}, {} mIoU {miou:.4} oIoU {oiou:.4}{}",
                 epoch + 1,
                 self.opts.epochs,
                 self.opt.lr,
                 self.opts.data.val_split,
-                val.miou,
-                val.oiou,
                 if improved { " (best)" } else { "" }
             ));
             detris_io::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
@@ -301,6 +345,8 @@ pub fn train_step(
     let value = loss.double_value(&[]);
     let scaler = &mut precision.scaler;
     (loss * scaler.scale).backward();
+    // The official loop clips here, before the scaler's inf check and unscaling.
+    opt.clip_grad_norm();
     if scaler.enabled && !grads_finite(opt) {
         scaler.overflowed();
         return Ok(value);

@@ -18,7 +18,7 @@ pub fn read_st(rel: &str) -> BTreeMap<String, Tensor> {
 }
 
 pub fn tiny_config() -> DetrisConfig {
-    DetrisConfig::from_json_file(&fixture("tiny/config.json")).unwrap()
+    detris::weights::read_config_file(&fixture("tiny/config.json")).unwrap()
 }
 
 /// The device the parity tests run on: `DETRIS_TEST_DEVICE` (cpu, cuda, …;
@@ -100,4 +100,17 @@ pub fn fresh_temp_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Runs the detris binary (progress bars off) and returns its stderr and
+/// stdout; panics with them unless it succeeds.
+pub fn detris_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_detris"))
+        .args(args)
+        .env("DETRIS_NO_PROGRESS", "1")
+        .output()
+        .expect("run detris");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "detris {args:?} failed:\n{text}");
+    text
 }

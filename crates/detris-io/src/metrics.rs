@@ -1,5 +1,5 @@
 //! Referring-segmentation metrics exactly as the official `engine.py` computes
-//! them (spec §11): per sentence, at the original image resolution,
+//! them: per sentence, at the original image resolution,
 //! `I = Σ(pred ∧ gt)`, `U = Σ(pred ∨ gt)`, `IoU = I / (U + 1e-6)` (so an empty
 //! prediction of an empty mask scores 0); mIoU is the mean IoU, oIoU is ΣI / ΣU,
 //! Pr@X the fraction of sentences with IoU strictly above the float32

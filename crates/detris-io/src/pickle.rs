@@ -22,6 +22,7 @@
 mod globals;
 mod machine;
 mod text;
+pub mod writer;
 
 use crate::error::Result;
 

@@ -12,9 +12,14 @@
 //! The file is memory-mapped; contiguous tensors point into the map
 //! ([`Bytes::Mapped`]), strided ones are copied densely. Tensors the caller
 //! does not ask for (optimizer and scheduler states) are never read.
+//!
+//! Tensor names are given as the file stores them (the official checkpoint's
+//! `module.` prefix, CLIP's extra entries included): mapping foreign names
+//! onto the model is the model's business (`detris::weights::official`).
 
 mod legacy;
 mod rebuild;
+pub mod writer;
 mod zip_archive;
 
 use std::collections::BTreeMap;
@@ -28,18 +33,13 @@ use crate::pickle::{self, Value};
 use crate::tensor::{Bytes, DType, RawTensor, TensorMap};
 use rebuild::{contains_tensor, is_tensor, Storages};
 
-/// A DDP-wrapped model's state-dict keys start with this; it is removed.
-const DDP_PREFIX: &str = "module.";
 /// Top-level checkpoint entries that are not model weights and are never read.
 const TRAINING_STATE: [&str; 2] = ["optimizer", "scheduler"];
-/// Entries OpenAI's CLIP TorchScript files carry beside the weights; the
-/// official loader deletes them.
-const CLIP_EXTRAS: [&str; 3] = ["input_resolution", "context_length", "vocab_size"];
 
 /// A checkpoint's model tensors and its scalar bookkeeping.
 #[derive(Debug)]
 pub struct Checkpoint {
-    /// Model tensors by name, `module.` prefix removed, dtype as stored.
+    /// Model tensors by name and dtype as stored (`module.` prefix included).
     pub tensors: TensorMap,
     /// Top-level non-weight entries as plain data (DETRIS: `epoch`,
     /// `cur_iou`, `best_iou`, `prec`), one-element tensors read as numbers;
@@ -59,16 +59,18 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         Opened::Pickled { root, storages, pickle_name } => (root, storages, pickle_name),
         Opened::Safetensors => {
             let (tensors, _) = crate::safetensors_file::read(path)?;
-            return Ok(Checkpoint { tensors: strip_ddp_prefix(tensors, path)?, metadata: BTreeMap::new() });
+            return Ok(Checkpoint { tensors, metadata: BTreeMap::new() });
         }
     };
     let fail = |what: String| Error::invalid(path, format!("{pickle_name}: {what}"));
-    let checkpoint = if is_torchscript_module(&root) {
-        Checkpoint { tensors: torchscript_tensors(&root, storages.as_mut()).map_err(fail)?, metadata: BTreeMap::new() }
+    if is_torchscript_module(&root) {
+        Ok(Checkpoint {
+            tensors: torchscript_tensors(&root, storages.as_mut()).map_err(fail)?,
+            metadata: BTreeMap::new(),
+        })
     } else {
-        state_dict_checkpoint(&root, storages.as_mut()).map_err(fail)?
-    };
-    Ok(Checkpoint { tensors: strip_ddp_prefix(checkpoint.tensors, path)?, metadata: checkpoint.metadata })
+        state_dict_checkpoint(&root, storages.as_mut()).map_err(fail)
+    }
 }
 
 /// The tensors of a TorchScript archive, named by attribute path
@@ -108,6 +110,30 @@ pub fn widen_f16_to_f32(t: RawTensor) -> Option<RawTensor> {
     let bytes: Vec<u8> =
         t.bytes().chunks_exact(2).flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect();
     RawTensor::new(DType::F32, t.shape.clone(), Bytes::Owned(bytes))
+}
+
+/// Reads the tensors a pickle tree refers to (see [`load_tree`]).
+pub struct TensorReader {
+    storages: Box<dyn Storages>,
+    path: std::path::PathBuf,
+}
+
+impl TensorReader {
+    /// The tensor `v` is (a `_rebuild_tensor_v2` record), `None` when it is
+    /// no tensor.
+    pub fn tensor(&mut self, v: &Value) -> Result<Option<RawTensor>> {
+        rebuild::tensor(v, self.storages.as_mut()).map_err(|what| Error::invalid(&self.path, what))
+    }
+}
+
+/// The whole pickle of a `torch.save` file, with a reader for the tensors it
+/// names: the training state (optimizer, scheduler) that
+/// [`load_checkpoint`] leaves out.
+pub fn load_tree(path: &Path) -> Result<(Value, TensorReader)> {
+    match open(path)? {
+        Opened::Pickled { root, storages, .. } => Ok((root, TensorReader { storages, path: path.to_path_buf() })),
+        Opened::Safetensors => Err(Error::invalid(path, "a safetensors file, not a torch.save archive")),
+    }
 }
 
 enum Opened {
@@ -244,14 +270,10 @@ fn dict_tensors(pairs: &[(Value, Value)], storages: &mut dyn Storages) -> std::r
 }
 
 /// Tensors of a TorchScript module tree: attribute paths joined by dots.
-/// Non-tensor attributes (`training`, hooks, ...) are skipped, and so are
-/// CLIP's `input_resolution`, `context_length`, `vocab_size`.
+/// Non-tensor attributes (`training`, hooks, ...) are skipped.
 fn torchscript_tensors(root: &Value, storages: &mut dyn Storages) -> std::result::Result<TensorMap, String> {
     let mut out = TensorMap::new();
     walk_module(root, "", storages, &mut out)?;
-    for extra in CLIP_EXTRAS {
-        out.remove(extra);
-    }
     if out.is_empty() {
         return Err("the TorchScript module holds no tensors".into());
     }
@@ -277,16 +299,4 @@ fn walk_module(
         }
     }
     Ok(())
-}
-
-/// Removes a leading `module.` (DDP) from every key that has one.
-fn strip_ddp_prefix(tensors: TensorMap, path: &Path) -> Result<TensorMap> {
-    let mut out = TensorMap::new();
-    for (name, tensor) in tensors {
-        let stripped = name.strip_prefix(DDP_PREFIX).unwrap_or(&name).to_string();
-        if out.insert(stripped.clone(), tensor).is_some() {
-            return Err(Error::invalid(path, format!("two tensors are named `{stripped}` once `module.` is removed")));
-        }
-    }
-    Ok(out)
 }

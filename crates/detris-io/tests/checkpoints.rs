@@ -40,11 +40,12 @@ fn assert_same_tensor(name: &str, got: &RawTensor, want: &RawTensor) {
 fn official_checkpoint_equals_the_state_dict_fixture() {
     let ckpt = load_checkpoint(&tiny("detris_ckpt.pth")).unwrap();
     let want = reference_state_dict();
-    let got_names: Vec<&String> = ckpt.tensors.keys().collect();
-    let want_names: Vec<&String> = want.keys().collect();
-    assert_eq!(got_names, want_names, "`module.` stripped, optimizer/scheduler not included");
+    // Names as stored: every key has DDP's `module.` (detris::weights removes it).
+    let got_names: Vec<String> = ckpt.tensors.keys().cloned().collect();
+    let want_names: Vec<String> = want.keys().map(|k| format!("module.{k}")).collect();
+    assert_eq!(got_names, want_names, "every state-dict entry, optimizer/scheduler not included");
     for (name, w) in &want {
-        assert_same_tensor(name, &ckpt.tensors[name], w);
+        assert_same_tensor(name, &ckpt.tensors[&format!("module.{name}")], w);
     }
     // The README lists the container: {'epoch','cur_iou','best_iou','prec',
     // 'state_dict','optimizer','scheduler'}; the first four are metadata.
@@ -278,9 +279,9 @@ fn strided_and_legacy_files_built_by_hand_load() {
     let zip_path = dir.join("strided.pth");
     torch_zip(&zip_path, &[("data.pkl", &state), ("byteorder", b"little"), ("data/0", &data)]);
     let got = load_state_dict(&zip_path).unwrap();
-    assert_eq!(got["w"].shape, [3, 2]);
-    assert_eq!(got["w"].to_f32_vec(), [0., 3., 1., 4., 2., 5.]);
-    assert_eq!(got["b"].to_f32_vec(), [3., 4., 5.]);
+    assert_eq!(got["module.w"].shape, [3, 2]);
+    assert_eq!(got["module.w"].to_f32_vec(), [0., 3., 1., 4., 2., 5.]);
+    assert_eq!(got["module.b"].to_f32_vec(), [3., 4., 5.]);
 
     // The same dict in the legacy format: magic, protocol 1001, sys info,
     // the object, the storage keys, then the storage (int64 count + bytes).
@@ -295,8 +296,8 @@ fn strided_and_legacy_files_built_by_hand_load() {
     let legacy_path = dir.join("legacy.pth");
     std::fs::write(&legacy_path, &legacy).unwrap();
     let old = load_state_dict(&legacy_path).unwrap();
-    assert_eq!(old["w"].to_f32_vec(), got["w"].to_f32_vec());
-    assert_eq!(old["b"].to_f32_vec(), got["b"].to_f32_vec());
+    assert_eq!(old["module.w"].to_f32_vec(), got["module.w"].to_f32_vec());
+    assert_eq!(old["module.b"].to_f32_vec(), got["module.b"].to_f32_vec());
     // A training checkpoint as the official train.py writes it: 0-dim
     // tensors in `prec` (validate() returns tensor means) read as numbers;
     // the optimizer's storage `9` is absent and never looked for.
@@ -324,7 +325,7 @@ fn strided_and_legacy_files_built_by_hand_load() {
     let quarter = f32_bytes(&[0.25]);
     torch_zip(&ckpt_path, &[("data.pkl", &ckpt), ("data/0", &data), ("data/1", &quarter)]);
     let loaded = load_checkpoint(&ckpt_path).unwrap();
-    assert_eq!(loaded.tensors.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(loaded.tensors.keys().collect::<Vec<_>>(), ["module.b"]);
     assert_eq!(loaded.metadata["epoch"], Value::Int(3));
     assert_eq!(loaded.metadata["prec"].get("Pr@50"), Some(&Value::Float(0.25)));
 

@@ -112,8 +112,8 @@ fn deflated_entries_are_checked_against_their_crc_and_size() {
 
 /// Polygon time bomb (found by the hostile suite): a polygon far outside a
 /// small image was traced point by point up to the absolute limit of 2^26
-/// boundary steps, about 0.7 s per polygon for 30 bytes of JSON, so one
-/// annotation of 64 such polygons kept `Refer::mask` busy for about 50 s. The
+/// boundary steps, so a few bytes of JSON per polygon kept `Refer::mask` busy
+/// for many seconds (times in docs/bench/README.md). The
 /// limit is now relative to the frame as well (edges may average twice its
 /// height + width), and polygons near the frame are unaffected.
 #[test]

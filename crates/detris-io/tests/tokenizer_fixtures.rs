@@ -1,5 +1,6 @@
 //! The tokenizer against the official `SimpleTokenizer`'s output
-//! (`aux/tokenizer.json`, `aux/tokenizer_cases.json`) and spec §4.3.
+//! (`aux/tokenizer.json`, `aux/tokenizer_cases.json`) and four sentences
+//! tokenized by the official repository's tokenizer.
 
 use detris_io::fixtures;
 use detris_io::tokenizer::{eot_position, pad_mask, ClipTokenizer, EOT, SOT};
@@ -98,7 +99,7 @@ fn reproduces_tokenizer_cases_json() {
 }
 
 #[test]
-fn spec_section_4_3_vectors() {
+fn official_tokenizer_vectors() {
     let tok = ClipTokenizer::global();
     let cases: [(&str, &[i64]); 4] = [
         ("left piece slice", &[49406, 1823, 2754, 13431, 49407]),

@@ -12,7 +12,7 @@
 //! ChaCha8(seed, epoch) before any work starts, and every item is computed
 //! from its own inputs only, so batches are identical for any worker count.
 
-use super::prepared::{image_path, mask_path, read_split, RefRecord};
+use super::prepared::{image_path_of, mask_path, read_split, RefRecord};
 use crate::error::{Error, Result};
 use crate::image::{load_rgb, preprocess, read_mask_png, warp_mask, Letterbox};
 use crate::tokenizer::{pad_mask, ClipTokenizer};
@@ -40,8 +40,8 @@ impl LoaderRef {
     /// The ref of a prepared record of `dataset` under `root`.
     pub fn from_record(root: &Path, dataset: &str, record: &RefRecord) -> LoaderRef {
         LoaderRef {
-            image: image_path(root, &record.img_name),
-            mask: mask_path(root, dataset, record.segment_id),
+            image: image_path_of(root, dataset, &record.img_name),
+            mask: mask_path(root, dataset, &record.segment_id),
             segment_id: record.segment_id.to_string(),
             sentences: record.sentences.iter().map(|s| s.sent.clone()).collect(),
         }

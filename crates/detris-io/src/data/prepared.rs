@@ -11,7 +11,7 @@
 //! does; [`read_split`] reads it.
 
 use super::coco_mask::CountMask;
-use super::refer::{is_plain_name, Ref, Refer};
+use super::refer::{is_plain_name, reject_lmdb, Ref, Refer};
 use super::splits::{self, filter_mixed_train, Sourced, MIXED_SOURCES};
 use crate::error::{read_file, Error, Result};
 use rayon::prelude::*;
@@ -38,11 +38,30 @@ pub struct RefRecord {
     pub bbox: [i64; 4],
     /// COCO category mapped to 0..79 ([`coco_category_index`]).
     pub cat: i64,
-    /// The ref id; names the mask `masks/<dataset>/<segment_id>.png`.
-    pub segment_id: i64,
+    /// The ref id (the mixed set: `<dataset>_<ref id>`); names the mask
+    /// `masks/<dataset>/<segment_id>.png`.
+    pub segment_id: SegmentId,
     /// COCO file name of the image, under `images/train2014/`.
     pub img_name: String,
     pub sentences: Vec<Sentence>,
+}
+
+/// A prepared ref's id: the REFER ref id, or in the mixed set the source
+/// data set's name and that id (`refcoco+_123`), as `tools/mix.py` names them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SegmentId {
+    Ref(i64),
+    Named(String),
+}
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SegmentId::Ref(id) => write!(f, "{id}"),
+            SegmentId::Named(name) => f.write_str(name),
+        }
+    }
 }
 
 /// What [`prepare`] wrote.
@@ -65,13 +84,18 @@ pub fn ann_path(root: &Path, dataset: &str, split: &str) -> PathBuf {
 }
 
 /// `masks/<dataset>/<segment_id>.png`.
-pub fn mask_path(root: &Path, dataset: &str, segment_id: i64) -> PathBuf {
+pub fn mask_path(root: &Path, dataset: &str, segment_id: impl std::fmt::Display) -> PathBuf {
     root.join("masks").join(dataset).join(format!("{segment_id}.png"))
 }
 
 /// `images/train2014/<img_name>`.
 pub fn image_path(root: &Path, img_name: &str) -> PathBuf {
-    root.join("images").join("train2014").join(img_name)
+    root.join("images").join(splits::COCO_IMAGES).join(img_name)
+}
+
+/// `images/<train2014, or saiapr_tc-12 for refclef>/<img_name>`.
+pub fn image_path_of(root: &Path, dataset: &str, img_name: &str) -> PathBuf {
+    root.join("images").join(splits::image_dir(dataset)).join(img_name)
 }
 
 /// Reads `anns/<dataset>/<split>.json`. Known data sets must name one of their
@@ -89,6 +113,11 @@ pub fn read_split(root: &Path, dataset: &str, split: &str) -> Result<Vec<RefReco
     for (i, r) in records.iter().enumerate() {
         if !is_plain_name(&r.img_name) {
             return Err(Error::invalid(&path, format!("entry {i}: img_name {:?} is not a file name", r.img_name)));
+        }
+        if let SegmentId::Named(name) = &r.segment_id {
+            if !is_plain_name(name) {
+                return Err(Error::invalid(&path, format!("entry {i}: segment_id {name:?} cannot name a mask file")));
+            }
         }
     }
     Ok(records)
@@ -114,30 +143,56 @@ pub fn read_mixed_train(root: &Path) -> Result<(Vec<Sourced<RefRecord>>, usize)>
     Ok(filter_mixed_train(train, |r| r.img_name.as_str(), &held_out))
 }
 
-/// Refuses the official LMDB files (legacy pyarrow records), with directions.
-/// Checks `path`, its entries, and `path/<dataset>`'s entries.
-pub fn reject_lmdb(path: &Path, dataset: &str) -> Result<()> {
-    let is_lmdb =
-        |p: &Path| p.extension().is_some_and(|e| e == "lmdb") || p.file_name().is_some_and(|n| n == "data.mdb");
-    let entries = |dir: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
-    };
-    let mut candidates = vec![path.to_path_buf()];
-    candidates.extend(entries(path));
-    if is_plain_name(dataset) {
-        candidates.extend(entries(&path.join(dataset)));
+/// What [`prepare_mixed`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MixedReport {
+    pub dataset: &'static str,
+    /// (split, refs, sentences) per split file written.
+    pub splits: Vec<(String, usize, usize)>,
+    pub masks_written: usize,
+    /// Training refs left out by `exclude_eval_images` (0 without it).
+    pub excluded_train_refs: usize,
+}
+
+/// `tools/mix.py` and `tools/mix_mask.py` on the prepared layout: the train
+/// and val splits of refcoco, refcoco+ and refcocog_u under `root`,
+/// concatenated in that order into `anns/refcoco_mixed/<split>.json`, every
+/// `segment_id` renamed `<dataset>_<ref id>`, and the masks copied to
+/// `masks/refcoco_mixed/<dataset>_<ref id>.png`. With `exclude_eval_images`
+/// the training refs on pictures of any source's val/test splits are left
+/// out (the official set keeps them, so the DETRIS-L* models saw the
+/// evaluation pictures in training).
+pub fn prepare_mixed(root: &Path, exclude_eval_images: bool) -> Result<MixedReport> {
+    let mut report =
+        MixedReport { dataset: splits::MIXED, splits: Vec::new(), masks_written: 0, excluded_train_refs: 0 };
+    for dir in [root.join("masks").join(splits::MIXED), root.join("anns").join(splits::MIXED)] {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    match candidates.iter().find(|p| is_lmdb(p)) {
-        None => Ok(()),
-        Some(found) => Err(Error::invalid(
-            found,
-            "this is an official LMDB (legacy pyarrow records from tools/folder2lmdb.py), which detris does not read. \
-             Point at a REFER download (<root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/instances.json, \
-             <root>/images/train2014/) or at a prepared folder (<root>/anns/<dataset>/<split>.json, \
-             <root>/masks/<dataset>/<ref_id>.png, <root>/images/train2014/); `detris data prepare` makes the \
-             second from the first",
-        )),
+    for split in splits::MIXED_SPLITS {
+        let mut sourced = Vec::new();
+        for name in MIXED_SOURCES {
+            sourced.extend(read_split(root, name, split)?.into_iter().map(|item| Sourced { dataset: name, item }));
+        }
+        if exclude_eval_images && split == "train" {
+            let (kept, removed) = read_mixed_train(root)?;
+            sourced = kept;
+            report.excluded_train_refs = removed;
+        }
+        let mut records = Vec::with_capacity(sourced.len());
+        for Sourced { dataset, mut item } in sourced {
+            let renamed = SegmentId::Named(format!("{dataset}_{}", item.segment_id));
+            let (from, to) = (mask_path(root, dataset, &item.segment_id), mask_path(root, splits::MIXED, &renamed));
+            let bytes = read_file(&from)?;
+            write_atomic(&to, &bytes)?;
+            report.masks_written += 1;
+            item.segment_id = renamed;
+            records.push(item);
+        }
+        let sentences = records.iter().map(|r| r.sentences.len()).sum();
+        write_split_json(&ann_path(root, splits::MIXED, split), &records)?;
+        report.splits.push((split.to_string(), records.len(), sentences));
     }
+    Ok(report)
 }
 
 /// `cat_process` of `data_process.py`: the 80 COCO category ids (1..90 with
@@ -181,7 +236,7 @@ pub fn record_of(refer: &Refer, r: &Ref) -> Result<RefRecord> {
         bbox: box_corners(refer.ref_box(r)?)
             .map_err(|e| Error::invalid(refer.instances_path(), format!("ref {}: {e}", r.ref_id)))?,
         cat: coco_category_index(r.category_id),
-        segment_id: r.ref_id,
+        segment_id: SegmentId::Ref(r.ref_id),
         img_name: refer.image(r)?.file_name.clone(),
         sentences: r
             .sentences
@@ -217,7 +272,12 @@ pub fn prepare(refer_root: &Path, dataset: &str, split_by: Option<&str>, out_roo
         if !is_plain_name(split) {
             return Err(Error::invalid(refer.refs_path(), format!("split name {split:?} cannot name a file")));
         }
-        let refs = refer.refs_in_split(split)?;
+        let mut refs = refer.refs_in_split(split)?;
+        // data_process.py skips a few pictures (refclef): no record, no mask.
+        let excluded = &refer.source.excluded_images;
+        if !excluded.is_empty() {
+            refs.retain(|r| refer.image(r).is_ok_and(|img| !excluded.contains(&img.file_name)));
+        }
         let records = refs.iter().map(|r| record_of(&refer, r)).collect::<Result<Vec<_>>>()?;
         // Rasterising and PNG-encoding dominate (tens of thousands of refs): in parallel.
         refs.par_iter().try_for_each(|r| write_mask_png(&mask_path(out_root, &name, r.ref_id), &refer.mask(r)?))?;

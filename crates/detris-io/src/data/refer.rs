@@ -7,7 +7,6 @@
 //! ```
 
 use super::coco_mask::{count_mask, rles_from_segmentation, CountMask};
-use super::prepared::reject_lmdb;
 use super::splits::{resolve_refer, DATASETS};
 use crate::error::{read_file, Error, Result};
 use crate::pickle::{self, Value};
@@ -85,6 +84,10 @@ pub struct ReferSource {
     /// The official `data_process.py` list for the known data sets; for any
     /// other folder the distinct `split` values of its refs, in order.
     pub splits: Vec<String>,
+    /// The folder under `<root>/images/` with the pictures.
+    pub image_dir: String,
+    /// Pictures whose refs `prepare` leaves out, as the official script does.
+    pub excluded_images: Vec<String>,
 }
 
 impl ReferSource {
@@ -97,6 +100,8 @@ impl ReferSource {
                 refer_dir: spec.refer_dir.to_string(),
                 split_by: spec.split_by.to_string(),
                 splits: spec.prepare_splits.iter().map(|s| s.to_string()).collect(),
+                image_dir: spec.image_dir.to_string(),
+                excluded_images: spec.excluded_images.iter().map(|s| s.to_string()).collect(),
             }),
             (Err(e), _) if DATASETS.iter().any(|d| d.name == dataset || d.refer_dir == dataset) => Err(e),
             (Err(_), Some(by)) if is_plain_name(dataset) && is_plain_name(by) => Ok(ReferSource {
@@ -104,6 +109,8 @@ impl ReferSource {
                 refer_dir: dataset.to_string(),
                 split_by: by.to_string(),
                 splits: Vec::new(),
+                image_dir: super::splits::COCO_IMAGES.to_string(),
+                excluded_images: Vec::new(),
             }),
             (Err(e), _) => Err(Error::input(format!("{e} (another REFER folder needs an explicit split_by)"))),
         }
@@ -113,6 +120,32 @@ impl ReferSource {
 /// One plain path component: no separators, not `.`/`..`, not empty.
 pub(crate) fn is_plain_name(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', '\\', '\0']) && s != "." && s != ".."
+}
+
+/// Refuses the official LMDB files (legacy pyarrow records), with directions.
+/// Checks `path`, its entries, and `path/<dataset>`'s entries.
+pub fn reject_lmdb(path: &Path, dataset: &str) -> Result<()> {
+    let is_lmdb =
+        |p: &Path| p.extension().is_some_and(|e| e == "lmdb") || p.file_name().is_some_and(|n| n == "data.mdb");
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let mut candidates = vec![path.to_path_buf()];
+    candidates.extend(entries(path));
+    if is_plain_name(dataset) {
+        candidates.extend(entries(&path.join(dataset)));
+    }
+    match candidates.iter().find(|p| is_lmdb(p)) {
+        None => Ok(()),
+        Some(found) => Err(Error::invalid(
+            found,
+            "this is an official LMDB (legacy pyarrow records from tools/folder2lmdb.py), which detris does not read. \
+             Point at a REFER download (<root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/instances.json, \
+             <root>/images/train2014/) or at a prepared folder (<root>/anns/<dataset>/<split>.json, \
+             <root>/masks/<dataset>/<ref_id>.png, <root>/images/train2014/); `detris data prepare` makes the \
+             second from the first",
+        )),
+    }
 }
 
 /// A loaded REFER data set. Lookups by id keep the last record with that id,
@@ -231,9 +264,9 @@ impl Refer {
         count_mask(&parts, h, w).map_err(context)
     }
 
-    /// `<root>/images/train2014/<file_name>`.
+    /// `<root>/images/<train2014 or saiapr_tc-12>/<file_name>`.
     pub fn image_path(&self, image: &CocoImage) -> PathBuf {
-        self.root.join("images").join("train2014").join(&image.file_name)
+        self.root.join("images").join(&self.source.image_dir).join(&image.file_name)
     }
 
     /// The COCO file the images and annotations came from.

@@ -19,20 +19,34 @@ pub struct DatasetSpec {
     /// Splits the official `data_process.py` writes (refcocog always gets a
     /// `test.json`, empty for the google split).
     pub prepare_splits: &'static [&'static str],
+    /// The folder under `<root>/images/` holding its pictures.
+    pub image_dir: &'static str,
+    /// Images `data_process.py` leaves out (their refs get no record and no mask).
+    pub excluded_images: &'static [&'static str],
 }
+
+/// COCO's train2014 pictures (RefCOCO, RefCOCO+, RefCOCOg).
+pub const COCO_IMAGES: &str = "train2014";
+/// The ImageCLEF IAPR TC-12 pictures of ReferItGame (refclef).
+pub const SAIAPR_IMAGES: &str = "saiapr_tc-12";
+/// The three refclef pictures the official `data_process.py` skips.
+const REFCLEF_EXCLUDED: &[&str] = &["19579.jpg", "17975.jpg", "19575.jpg"];
 
 /// The splits of the unc scheme and of refcocog.
 const UNC_SPLITS: &[&str] = &["train", "val", "testA", "testB"];
 const REFCOCOG_SPLITS: &[&str] = &["train", "val", "test"];
+const REFCLEF_UNC_SPLITS: &[&str] = &["train", "val", "testA", "testB", "testC"];
 
 /// Every data set, in the order of the official tables.
-pub const DATASETS: [DatasetSpec; 4] = [
+pub const DATASETS: [DatasetSpec; 6] = [
     DatasetSpec {
         name: "refcoco",
         refer_dir: "refcoco",
         split_by: "unc",
         splits: UNC_SPLITS,
         prepare_splits: UNC_SPLITS,
+        image_dir: COCO_IMAGES,
+        excluded_images: &[],
     },
     DatasetSpec {
         name: "refcoco+",
@@ -40,6 +54,8 @@ pub const DATASETS: [DatasetSpec; 4] = [
         split_by: "unc",
         splits: UNC_SPLITS,
         prepare_splits: UNC_SPLITS,
+        image_dir: COCO_IMAGES,
+        excluded_images: &[],
     },
     DatasetSpec {
         name: "refcocog_u",
@@ -47,6 +63,8 @@ pub const DATASETS: [DatasetSpec; 4] = [
         split_by: "umd",
         splits: REFCOCOG_SPLITS,
         prepare_splits: REFCOCOG_SPLITS,
+        image_dir: COCO_IMAGES,
+        excluded_images: &[],
     },
     DatasetSpec {
         name: "refcocog_g",
@@ -54,8 +72,42 @@ pub const DATASETS: [DatasetSpec; 4] = [
         split_by: "google",
         splits: &["train", "val"],
         prepare_splits: REFCOCOG_SPLITS,
+        image_dir: COCO_IMAGES,
+        excluded_images: &[],
+    },
+    DatasetSpec {
+        name: "refclef",
+        refer_dir: "refclef",
+        split_by: "unc",
+        splits: REFCLEF_UNC_SPLITS,
+        prepare_splits: REFCLEF_UNC_SPLITS,
+        image_dir: SAIAPR_IMAGES,
+        excluded_images: REFCLEF_EXCLUDED,
+    },
+    DatasetSpec {
+        name: "refclef_berkeley",
+        refer_dir: "refclef",
+        split_by: "berkeley",
+        splits: REFCOCOG_SPLITS,
+        prepare_splits: REFCOCOG_SPLITS,
+        image_dir: SAIAPR_IMAGES,
+        excluded_images: REFCLEF_EXCLUDED,
     },
 ];
+
+/// The mixed training set of DETRIS-L*, in the prepared layout.
+pub const MIXED: &str = "refcoco_mixed";
+/// The splits `tools/mix.py` concatenates.
+pub const MIXED_SPLITS: [&str; 2] = ["train", "val"];
+
+/// The folder under `<root>/images/` of a prepared data set's pictures.
+pub fn image_dir(dataset: &str) -> &'static str {
+    dataset_spec(dataset).map_or(COCO_IMAGES, |d| d.image_dir)
+}
+
+fn dataset_spec(name: &str) -> Option<&'static DatasetSpec> {
+    DATASETS.iter().find(|d| d.name == name)
+}
 
 /// The data sets whose train splits make up the mixed set of DETRIS-L*.
 pub const MIXED_SOURCES: [&str; 3] = ["refcoco", "refcoco+", "refcocog_u"];
@@ -132,7 +184,7 @@ mod tests {
     fn names_and_splits() {
         assert_eq!(dataset("refcocog_u").unwrap().split_by, "umd");
         let err = dataset("refcocog").unwrap_err().to_string();
-        assert!(err.contains("refcoco, refcoco+, refcocog_u, refcocog_g"), "{err}");
+        assert!(err.contains("refcoco, refcoco+, refcocog_u, refcocog_g, refclef"), "{err}");
         assert!(check_split("refcoco+", "testB").is_ok());
         let err = check_split("refcocog_g", "test").unwrap_err().to_string();
         assert!(err.contains("train, val") && err.contains("'test'"), "{err}");
@@ -148,6 +200,12 @@ mod tests {
         assert!(resolve_refer("refcocog", None).is_err(), "refcocog needs umd or google");
         assert!(resolve_refer("refcoco", Some("google")).is_err());
         assert!(resolve_refer("refcocog_u", Some("google")).is_err());
+        assert_eq!(resolve_refer("refclef", None).unwrap().name, "refclef");
+        assert_eq!(resolve_refer("refclef", Some("berkeley")).unwrap().name, "refclef_berkeley");
+        assert_eq!(
+            (image_dir("refclef"), image_dir("refcoco+"), image_dir("synth")),
+            ("saiapr_tc-12", "train2014", "train2014")
+        );
     }
 
     #[test]

@@ -22,14 +22,13 @@
 //! `test_seed`) does not change with `seed`.
 
 pub mod expr;
-pub mod pickle_writer;
 pub mod scene;
 #[cfg(test)]
 mod tests;
 
 use crate::error::{Error, Result};
+use crate::pickle::writer::{to_pickle, PickleValue};
 use expr::Expression;
-use pickle_writer::{to_pickle, PickleValue};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

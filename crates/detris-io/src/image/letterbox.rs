@@ -1,4 +1,4 @@
-//! The letterbox affine of the official `getTransformMat` (spec §4.1): scale the photo to fit a
+//! The letterbox affine of the official `getTransformMat`: scale the photo to fit a
 //! `size × size` square, centre it (the offsets may be fractional).
 
 /// The forward (`mat`: photo → square) and inverse (`mat_inv`: square → photo) 2×3 affine
@@ -117,8 +117,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_example_640x480() {
-        // Spec §4.1: 640×480 → scale 0.7, 448×336, by = 56 (exact in f32, so exact here).
+    fn photo_640x480_scales_by_0_7() {
+        // 640×480 → scale 0.7, 448×336, by = 56 (exact in f32, so exact here).
         // Tolerance 1e-9: the LU solve rounds in the last bits only.
         let lb = Letterbox::new(640, 480, 448);
         let [[a, b, c], [d, e, f]] = lb.mat;

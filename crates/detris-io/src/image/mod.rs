@@ -1,4 +1,4 @@
-//! Images in and out of DETRIS, as the official code does it (spec §4.1, §4.2, §10):
+//! Images in and out of DETRIS, as the official code does it:
 //!
 //! file → [`load_rgb`] (cv2.imread: EXIF orientation, alpha dropped, 8-bit RGB)
 //! → [`preprocess`] (letterbox `warpAffine` INTER_CUBIC with the CLIP-mean border, CLIP normalisation)
@@ -6,7 +6,9 @@
 //! → [`mask_png`] / [`overlay`].
 //!
 //! The warps reproduce the float computation of the OpenCV that made the fixtures (see
-//! `warp.rs`): the letterboxed pixels are bit-identical to cv2's, the inverse warp agrees to 1e-6.
+//! `warp.rs`): the fixture's letterboxed pixels are bit-identical to cv2's (on other photos all
+//! but a few per million, where OpenCV's own code paths disagree too), the inverse warp agrees
+//! to 1e-6.
 
 mod decode;
 mod letterbox;

@@ -1,4 +1,5 @@
-//! Logits → probability map and mask on the original photo (spec §10), both official paths.
+//! Logits → probability map and mask on the original photo, both official paths
+//! (`test.py` and `demo.py`, see `docs/architecture.md`).
 
 use super::letterbox::invert_for_warp;
 use super::upsample::{sigmoid, upsample_bicubic_align_corners, upsample_bilinear_align_corners};

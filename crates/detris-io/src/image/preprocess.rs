@@ -1,4 +1,4 @@
-//! Model input from a photo (spec §4.1) and the soft training target from a mask (spec §4.2).
+//! Model input from a photo and the soft training target from a mask.
 
 use super::letterbox::invert_for_warp;
 use super::warp::{warp_cubic_u8, warp_linear_u8, ImageU8};

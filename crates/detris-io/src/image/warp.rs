@@ -1,12 +1,13 @@
 //! `cv::warpAffine` with BORDER_CONSTANT, as the OpenCV that made the fixtures computes it.
 //!
-//! Measured on `aux/preproc.safetensors` and `aux/postproc.safetensors`: that OpenCV does *not*
-//! use the classic fixed-point remap (1/32-pixel coordinates, 15-bit weights; that model leaves
-//! 1 813 letterbox values off by one and the float inverse warp off by 1e-2). It evaluates the
-//! destination → source map in f32 (the double matrix cast to f32, `x*m0 + y*m1 + m2` without
-//! FMA), takes the kernel weights at the exact fraction, lets taps outside the image read the
-//! border value, sums in f32 and rounds half to even for u8. With that model the letterbox is
-//! bit-identical and the float warp agrees to 7e-7.
+//! That OpenCV (5.0) does *not* use the classic fixed-point remap (1/32-pixel coordinates,
+//! 15-bit weights), which leaves many letterbox values of the fixtures off by one. It evaluates
+//! the destination → source map in f32 (the double matrix cast to f32, `x*m0 + y*m1 + m2`
+//! without FMA), takes the kernel weights at the exact fraction, lets taps outside the image
+//! read the border value, sums in f32 and rounds half to even for u8. With that model the
+//! fixtures' letterbox is bit-identical. The order of the f32 sums differs between OpenCV's
+//! own SIMD and scalar paths, so on other photos a few values per million, whose sum lies a
+//! rounding step from a half, differ by one (`docs/architecture.md`, the letterbox quirk).
 
 /// A u8 image in HWC layout with `cn` channels; `data.len() == w * h * cn` (checked by callers).
 pub(super) struct ImageU8<'a> {

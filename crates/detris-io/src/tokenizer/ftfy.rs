@@ -19,15 +19,12 @@ use std::sync::OnceLock;
 use regex::{Captures, Regex};
 use unicode_normalization::UnicodeNormalization;
 
-use super::ftfy_encoding::{fix_c1_controls, fix_encoding};
+use super::ftfy_encoding::{fix_c1_controls, fix_encoding, MAX_FIXPOINT_ROUNDS};
 use super::ftfy_tables::{FTFY_UPPER_ENTITIES, HTML5, WIDTH_MAP};
 use super::html_unescape;
 
 /// ftfy's `max_decode_length`: a line longer than this is fixed in pieces.
 const MAX_DECODE_CHARS: usize = 1_000_000;
-
-/// Bound on ftfy's "repeat until nothing changes" loops.
-pub(super) const MAX_FIXPOINT_ROUNDS: usize = 64;
 
 /// `ftfy.fix_text(text)` with the default `TextFixerConfig`.
 pub(super) fn fix_text(text: &str) -> String {

@@ -13,6 +13,9 @@ use regex::Regex;
 
 use super::ftfy_tables::{BADNESS, CHARMAPS, UTF8_CONTINUATION_STRICT, UTF8_DETECTOR};
 
+/// Bound on ftfy's "repeat until nothing changes" loops (here and in `ftfy`).
+pub(super) const MAX_FIXPOINT_ROUNDS: usize = 64;
+
 /// One of ftfy's single-byte encodings: what each byte decodes to, and back.
 struct Charmap {
     name: &'static str,
@@ -77,7 +80,7 @@ pub(super) fn fix_encoding(text: &str) -> String {
     let mut text = text.to_string();
     // Each step either returns its input or decodes it into something
     // different; the cap only guards against a cycle ftfy would loop on.
-    for _ in 0..super::ftfy::MAX_FIXPOINT_ROUNDS {
+    for _ in 0..MAX_FIXPOINT_ROUNDS {
         let next = fix_encoding_one_step(&text);
         if next == text {
             break;

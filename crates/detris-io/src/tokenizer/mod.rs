@@ -1,6 +1,6 @@
-//! The CLIP tokenizer exactly as DETRIS uses it (CLIP's `SimpleTokenizer`,
-//! spec §4.3): clean-up (`ftfy.fix_text`, `html.unescape` twice, whitespace,
-//! lower case), CLIP's word regex, byte-level BPE with the official merges,
+//! The CLIP tokenizer exactly as DETRIS uses it (CLIP's `SimpleTokenizer`):
+//! clean-up (`ftfy.fix_text`, `html.unescape` twice, whitespace, lower case),
+//! CLIP's word regex, byte-level BPE with the official merges,
 //! then `[SOT] + ids + [EOT]`, cut to the word length with EOT last, and
 //! padded with 0.
 //!
@@ -24,8 +24,8 @@ pub const VOCAB_SIZE: usize = 49_408;
 
 /// Longest text accepted, in UTF-8 bytes. Referring expressions are at most
 /// a few hundred bytes; the cap bounds the work on hostile input, where the
-/// BPE of one long word is quadratic in its length (a 4 KiB word of random
-/// letters: about 0.5 s in a debug build, 16 KiB: 8 s).
+/// BPE of one long word is quadratic in its length (times in
+/// docs/bench/README.md).
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
 
 /// Refuses a sentence that names nothing (empty or only white space) before it

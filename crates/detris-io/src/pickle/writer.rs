@@ -1,5 +1,7 @@
-//! A small pickle *writer* for plain data (lists, dicts with string keys, str,
-//! int), enough to write REFER's `refs(*).p`.
+//! A small pickle *writer* for plain data (lists, tuples, dicts, str, int,
+//! float, bool, None) and the few calls `torch.save` files hold (a global
+//! applied to arguments, persistent ids): enough for REFER's `refs(*).p` and
+//! the official DETRIS checkpoint.
 //!
 //! The output is protocol 2, laid out as Python 3's `pickle.dumps(obj, 2)`
 //! lays it out (BINPUT after every container and string, APPENDS/SETITEMS in
@@ -11,17 +13,39 @@ use std::collections::HashMap;
 /// A plain value that can be pickled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PickleValue {
+    None,
+    Bool(bool),
     Int(i64),
+    /// Compared by bits, so that a value tree can be `Eq`.
+    Float(F64Bits),
     Str(String),
     List(Vec<PickleValue>),
+    Tuple(Vec<PickleValue>),
     /// Keys in insertion order (Python dicts keep it).
-    Dict(Vec<(String, PickleValue)>),
+    Dict(Vec<(PickleValue, PickleValue)>),
+    /// A global (`module.name`) by reference, e.g. `torch.FloatStorage`.
+    Global(String, String),
+    /// `module.name(*args)`, as REDUCE builds it when unpickled.
+    Call(String, String, Vec<PickleValue>),
+    /// A persistent id (torch's reference to a storage).
+    PersistentId(Box<PickleValue>),
 }
+
+/// An f64 held by its bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct F64Bits(pub u64);
 
 impl PickleValue {
     /// A dict from `(key, value)` pairs, in the given order.
     pub fn dict<'a>(pairs: impl IntoIterator<Item = (&'a str, PickleValue)>) -> Self {
-        PickleValue::Dict(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        PickleValue::Dict(pairs.into_iter().map(|(k, v)| (PickleValue::str(k), v)).collect())
+    }
+    pub fn float(x: f64) -> Self {
+        PickleValue::Float(F64Bits(x.to_bits()))
+    }
+    /// `module.name(*args)`.
+    pub fn call(module: &str, name: &str, args: Vec<PickleValue>) -> Self {
+        PickleValue::Call(module.to_string(), name.to_string(), args)
     }
     /// A string value.
     pub fn str(s: impl Into<String>) -> Self {
@@ -50,6 +74,24 @@ struct Writer {
 impl Writer {
     fn value(&mut self, value: &PickleValue) {
         match value {
+            PickleValue::None => self.out.push(b'N'),
+            PickleValue::Bool(b) => self.out.push(if *b { 0x88 } else { 0x89 }), // NEWTRUE / NEWFALSE
+            PickleValue::Float(bits) => {
+                self.out.push(b'G'); // BINFLOAT, big-endian
+                self.out.extend(f64::from_bits(bits.0).to_be_bytes());
+            }
+            PickleValue::Tuple(items) => self.tuple(items),
+            PickleValue::Global(module, name) => self.global(module, name),
+            PickleValue::Call(module, name, args) => {
+                self.global(module, name);
+                self.tuple(args);
+                self.out.push(b'R'); // REDUCE
+                self.put();
+            }
+            PickleValue::PersistentId(id) => {
+                self.value(id);
+                self.out.push(b'Q'); // BINPERSID
+            }
             PickleValue::Int(i) => self.int(*i),
             PickleValue::Str(s) => self.string(s),
             PickleValue::List(items) => {
@@ -75,12 +117,48 @@ impl Writer {
                         self.out.push(b'(');
                     }
                     for (key, item) in chunk {
-                        self.string(key);
+                        self.value(key);
                         self.value(item);
                     }
                     self.out.push(if many { b'u' } else { b's' }); // SETITEMS / SETITEM
                 }
             }
+        }
+    }
+
+    fn tuple(&mut self, items: &[PickleValue]) {
+        if items.is_empty() {
+            self.out.push(b')'); // EMPTY_TUPLE
+            return;
+        }
+        self.out.push(b'('); // MARK
+        items.iter().for_each(|item| self.value(item));
+        self.out.push(b't'); // TUPLE
+        self.put();
+    }
+
+    /// GLOBAL `module\nname\n`, memoised: the same global is fetched again.
+    fn global(&mut self, module: &str, name: &str) {
+        let key = format!("\0global {module}.{name}");
+        if let Some(&index) = self.strings.get(&key) {
+            self.get(index);
+            return;
+        }
+        self.out.push(b'c');
+        for part in [module, name] {
+            self.out.extend(part.as_bytes());
+            self.out.push(b'\n');
+        }
+        self.strings.insert(key, self.memo_len);
+        self.put();
+    }
+
+    fn get(&mut self, index: u32) {
+        if index < 256 {
+            self.out.extend([b'h', index as u8]); // BINGET
+        } else {
+            self.out.push(b'j'); // LONG_BINGET
+            self.out.extend(index.to_le_bytes());
         }
     }
 
@@ -113,12 +191,7 @@ impl Writer {
 
     fn string(&mut self, s: &str) {
         if let Some(&index) = self.strings.get(s) {
-            if index < 256 {
-                self.out.extend([b'h', index as u8]); // BINGET
-            } else {
-                self.out.push(b'j'); // LONG_BINGET
-                self.out.extend(index.to_le_bytes());
-            }
+            self.get(index);
             return;
         }
         self.out.push(b'X'); // BINUNICODE
@@ -172,6 +245,38 @@ mod tests {
         assert_eq!(bytes(1 << 40), b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\x01.");
         assert_eq!(bytes(-(1 << 40)), b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\xff.");
         assert_eq!(bytes(i64::MIN), b"\x80\x02\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80.");
+    }
+
+    #[test]
+    fn calls_tuples_floats_and_persistent_ids_read_back() {
+        use crate::pickle::{parse, Value};
+        let value = PickleValue::Dict(vec![
+            (PickleValue::Int(0), PickleValue::Tuple(vec![PickleValue::float(0.9), PickleValue::float(-1e-8)])),
+            (PickleValue::str("none"), PickleValue::None),
+            (PickleValue::str("flags"), PickleValue::List(vec![PickleValue::Bool(true), PickleValue::Bool(false)])),
+            (
+                PickleValue::str("t"),
+                PickleValue::call(
+                    "torch._utils",
+                    "_rebuild_tensor_v2",
+                    vec![PickleValue::PersistentId(Box::new(PickleValue::Tuple(vec![
+                        PickleValue::str("storage"),
+                        PickleValue::Global("torch".into(), "FloatStorage".into()),
+                    ])))],
+                ),
+            ),
+            (PickleValue::str("again"), PickleValue::call("collections", "OrderedDict", vec![])),
+        ]);
+        let parsed = parse(&to_pickle(&value)).unwrap();
+        let pairs = parsed.as_dict().unwrap();
+        assert_eq!(pairs[0].0, Value::Int(0));
+        assert_eq!(pairs[0].1, Value::Tuple(vec![Value::Float(0.9), Value::Float(-1e-8)]));
+        assert!(pairs[1].1.is_none());
+        assert_eq!(pairs[2].1, Value::List(vec![Value::Bool(true), Value::Bool(false)]));
+        let call = pairs[3].1.as_object().unwrap();
+        assert!(call.callable.is("torch._utils", "_rebuild_tensor_v2"));
+        assert!(matches!(&call.args[0], Value::PersistentId(id) if id.as_list().is_some_and(|t| t.len() == 2)));
+        assert_eq!(pairs[4].1, Value::Dict(vec![]), "OrderedDict() is an empty dict");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The trainer's view of a data set: prepared-layout loaders turned into
-//! tensors.
+//! Data sets as tensors, for training and evaluation alike: prepared-layout
+//! loaders turned into tensors.
 
 use std::path::PathBuf;
 
