@@ -28,7 +28,7 @@ fn synth(dir: &Path) -> (PathBuf, Vec<RefRecord>) {
 /// of runs, in turn.
 fn good_line(data: &Path, r: &RefRecord, k: usize) -> serde_json::Value {
     let image = prepared::image_path(data, &r.img_name);
-    let mask = prepared::mask_path(data, "synth", r.segment_id);
+    let mask = prepared::mask_path(data, "synth", &r.segment_id);
     let sentences: Vec<&str> = r.sentences.iter().map(|s| s.sent.as_str()).collect();
     let mut line = json!({"id": r.segment_id.to_string(), "image": image, "sentences": sentences});
     let (grey, w, h) = detris_io::image::read_mask_png(&mask).unwrap();

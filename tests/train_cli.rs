@@ -175,7 +175,7 @@ fn validation_miou(checkpoint: &Path, data: &Path, split: &str, limit: usize) ->
     let model = weights::load_model(&files, &ConfigChoice::default(), tch::Device::Cpu).unwrap();
     let spec =
         DataSpec { root: data.into(), dataset: "synth".into(), train_split: "train".into(), val_split: split.into() };
-    detris::eval::evaluate(&model, &spec, split, Mode::Val, limit, 8, 2, None).unwrap().summary.miou
+    detris::eval::evaluate(&model, &spec, split, Mode::Val, limit, 8, 2, &Default::default()).unwrap().summary.miou
 }
 
 #[test]
@@ -419,5 +419,6 @@ fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) 
         train_backbones: false,
         val_limit: 0,
         workers: 1,
+        recipe: Default::default(),
     }
 }
