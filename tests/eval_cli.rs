@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use detris::SentenceRecord;
 use detris_io::metrics::{iou, prec_thresholds, Metrics};
 
-use common::{detris_cpu, fresh_temp_dir};
+use common::{detris_ok, fresh_temp_dir};
 
 /// Equal up to float rounding: the JSON files are read back with serde_json, whose float
 /// parsing may land one ulp off the value written, and sums in another order round
@@ -21,10 +21,11 @@ fn close(a: f64, b: f64, what: &str) {
 fn records_and_visualisation_sum_to_the_summary() {
     let dir = fresh_temp_dir("eval-records");
     let data = dir.join("data");
-    detris_cpu(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
+    detris_ok(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
     let (json, vis) = (dir.join("eval.json"), dir.join("vis"));
-    let args = ["eval", "--data", data.to_str().unwrap(), "--dataset", "synth", "--split", "val,test"];
-    detris_cpu(&[&args[..], &["--json", json.to_str().unwrap(), "--visualize", vis.to_str().unwrap()]].concat());
+    let args =
+        ["eval", "--device", "cpu", "--data", data.to_str().unwrap(), "--dataset", "synth", "--split", "val,test"];
+    detris_ok(&[&args[..], &["--json", json.to_str().unwrap(), "--visualize", vis.to_str().unwrap()]].concat());
 
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let text = std::fs::read_to_string(dir.join("eval.sentences.jsonl")).unwrap();
@@ -80,7 +81,7 @@ fn records_and_visualisation_sum_to_the_summary() {
 
     // A higher threshold keeps fewer pixels: every prediction shrinks or stays.
     let high = dir.join("high.json");
-    detris_cpu(&[&args[..], &["--json", high.to_str().unwrap(), "--threshold", "0.9"]].concat());
+    detris_ok(&[&args[..], &["--json", high.to_str().unwrap(), "--threshold", "0.9"]].concat());
     let text = std::fs::read_to_string(dir.join("high.sentences.jsonl")).unwrap();
     let strict: Vec<SentenceRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(strict.len(), records.len());

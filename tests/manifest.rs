@@ -13,12 +13,12 @@ use detris::render::rle_encode;
 use detris_io::data::prepared::{self, RefRecord};
 use serde_json::json;
 
-use common::{detris_cpu, detris_cpu_unchecked, fresh_temp_dir};
+use common::{detris_ok, detris_unchecked, fresh_temp_dir};
 
 /// A synthetic data set (the shipped model's language) and its test split's refs.
 fn synth(dir: &Path) -> (PathBuf, Vec<RefRecord>) {
     let data = dir.join("data");
-    detris_cpu(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
+    detris_ok(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "5", "--images", "20"]);
     let refs = prepared::read_split(&data, "synth", "test").unwrap();
     assert!(refs.len() >= 3, "the test split has a few refs ({})", refs.len());
     (data, refs)
@@ -87,15 +87,16 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
     let manifest = dir.join("items.jsonl");
     std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
     let out = dir.join("out");
-    let o = detris_cpu(&[
+    let stderr = detris_ok(&[
         "segment",
         "--manifest",
         manifest.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--probabilities",
+        "--device",
+        "cpu",
     ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
     for (line, why) in &bad_at {
         let said = stderr.lines().find(|l| l.contains(&format!("line {line}:"))).unwrap_or_else(|| {
             panic!("no report of bad line {line} ({why}) in:\n{stderr}");
@@ -129,8 +130,10 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
 
     // `detris eval` on the same refs: the same IoU per sentence, and the same summary.
     let json = dir.join("eval.json");
-    detris_cpu(&[
+    detris_ok(&[
         "eval",
+        "--device",
+        "cpu",
         "--data",
         data.to_str().unwrap(),
         "--dataset",
@@ -177,10 +180,10 @@ fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
     let manifest = dir.join("items.jsonl");
     std::fs::write(&manifest, lines.join("\n")).unwrap();
     let out = dir.join("out");
-    let args = ["segment", "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let args = ["segment", "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
 
     // A crash after two items: the process aborts (no destructor, no final summary).
-    let crashed = detris_cpu_unchecked(&[&args[..], &["--abort-after", "2"]].concat());
+    let crashed = detris_unchecked(&[&args[..], &["--abort-after", "2"]].concat());
     assert!(!crashed.status.success(), "the run was aborted");
     let results_path = out.join("results.jsonl");
     let first = std::fs::read_to_string(&results_path).unwrap();
@@ -191,8 +194,7 @@ fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
     let torn = &first.lines().next().unwrap()[..20];
     std::fs::write(&results_path, format!("{first}{torn}")).unwrap();
 
-    let resumed = detris_cpu(&args);
-    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    let stdout = detris_ok(&args);
     assert!(stdout.contains(&format!("{} items segmented, 2 already done", refs.len() - 2)), "{stdout}");
     let after = std::fs::read_to_string(&results_path).unwrap();
     assert!(after.starts_with(&first), "the finished items' lines are kept as they were");
@@ -205,9 +207,8 @@ fn an_interrupted_run_resumes_without_losing_or_redoing_an_item() {
     }
 
     // A third run has nothing to do; --overwrite redoes everything, once.
-    let again = detris_cpu(&args);
-    assert!(String::from_utf8_lossy(&again.stdout).contains(&format!("0 items segmented, {} already done", refs.len())));
-    detris_cpu(&[&args[..], &["--overwrite"]].concat());
+    assert!(detris_ok(&args).contains(&format!("0 items segmented, {} already done", refs.len())));
+    detris_ok(&[&args[..], &["--overwrite"]].concat());
     assert_eq!(results_by_sentence(&results_path).len(), per_item.iter().sum::<usize>());
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -220,19 +221,29 @@ fn strict_stops_at_the_first_bad_line_and_names_it() {
     let good = json!({"image": photo, "sentences": ["the shape left of the big square"]});
     std::fs::write(&manifest, format!("{good}\n\n{{\"image\": \"{photo}\", \"sentences\": []}}\n{good}\n")).unwrap();
     let out = dir.join("out");
-    let o = detris_cpu_unchecked(&[
+    let o = detris_unchecked(&[
         "segment",
         "--manifest",
         manifest.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--strict",
+        "--device",
+        "cpu",
     ]);
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("line 3: sentences is empty"), "{stderr}");
     // Without --strict the same manifest gives two items (ids from their line numbers).
-    detris_cpu(&["segment", "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    detris_ok(&[
+        "segment",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let ids: Vec<String> = read_results(&out.join("results.jsonl")).unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(ids, ["1", "4"]);
     assert!(out.join("1").join("01-the-shape-left-of-the-big-square.mask.png").exists());

@@ -71,29 +71,6 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     (f64_cpu(a) - &b).norm().double_value(&[]) / b.norm().double_value(&[])
 }
 
-/// The `detris` binary with `args` on the CPU (`--device cpu` is added except for `data`),
-/// without progress bars.
-pub fn detris_cpu_unchecked(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_detris"))
-        .args(args)
-        .args(if args[0] == "data" { &[][..] } else { &["--device", "cpu"][..] })
-        .env("DETRIS_NO_PROGRESS", "1")
-        .output()
-        .expect("run detris")
-}
-
-/// [`detris_cpu_unchecked`], which must succeed.
-pub fn detris_cpu(args: &[&str]) -> std::process::Output {
-    let out = detris_cpu_unchecked(args);
-    assert!(
-        out.status.success(),
-        "detris {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// A fresh folder under the system's temporary one, unique to this process.
 pub fn fresh_temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("detris-{name}-{}", std::process::id()));
@@ -102,14 +79,19 @@ pub fn fresh_temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Runs the detris binary (progress bars off) and returns its stderr and
-/// stdout; panics with them unless it succeeds.
-pub fn detris_ok(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_detris"))
+/// Runs the detris binary (progress bars off), whatever its exit status.
+pub fn detris_unchecked(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_detris"))
         .args(args)
         .env("DETRIS_NO_PROGRESS", "1")
         .output()
-        .expect("run detris");
+        .expect("run detris")
+}
+
+/// Runs the detris binary (progress bars off) and returns its stderr and
+/// stdout; panics with them unless it succeeds.
+pub fn detris_ok(args: &[&str]) -> String {
+    let out = detris_unchecked(args);
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "detris {args:?} failed:\n{text}");
     text
