@@ -152,6 +152,18 @@ impl SegmenterBuilder {
         self
     }
 
+    /// All weight files at once (what `--checkpoint`, `--dinov2`, `--clip` give).
+    pub fn weight_files(mut self, files: WeightFiles) -> Self {
+        self.files = files;
+        self
+    }
+
+    /// The whole config choice at once (see [`ConfigChoice`]).
+    pub fn config_choice(mut self, choice: ConfigChoice) -> Self {
+        self.choice = choice;
+        self
+    }
+
     /// A config JSON (detris or fixture format) for what the weights' shapes cannot tell.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.choice.config = Some(path.into());

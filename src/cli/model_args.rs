@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use detris::weights::{self, ConfigChoice, WeightFiles};
+use detris::weights::{ConfigChoice, WeightFiles};
 use detris::Detris;
 
 #[derive(Args, Clone, Debug)]
@@ -75,17 +75,10 @@ impl ModelArgs {
         }
         let device = detris::device::parse_device(&self.device).map_err(|e| super::usage(e.to_string()))?;
         let kind = detris::device::inference_kind(precision, device).map_err(|e| super::usage(e.to_string()))?;
-        let choice = self.config_choice()?;
-        let checkpoint = match (&self.checkpoint, &self.dinov2) {
-            (Some(c), _) => Some(c.clone()),
-            (None, Some(_)) => None,
-            (None, None) => Some(detris::shipped::default_checkpoint()?),
-        };
-        let files = WeightFiles { checkpoint, dinov2: self.dinov2.clone(), clip: self.clip.clone() };
-        let mut model = weights::load_model(&files, &choice, device)?;
-        if kind != tch::Kind::Float {
-            model.vs.set_kind(kind);
-        }
-        Ok(model)
+        let files =
+            WeightFiles { checkpoint: self.checkpoint.clone(), dinov2: self.dinov2.clone(), clip: self.clip.clone() };
+        // The library's loading: the shipped model when no weights are named.
+        let builder = detris::Segmenter::builder().weight_files(files).config_choice(self.config_choice()?);
+        Ok(builder.device(device).precision(kind).build()?.model)
     }
 }
