@@ -414,5 +414,6 @@ fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) 
         train_backbones: false,
         val_limit: 0,
         workers: 1,
+        recipe: Default::default(),
     }
 }

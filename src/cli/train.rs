@@ -156,12 +156,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         }
     }
     if a.print_config {
-        let model = match (&a.model.inline, &a.model.config, &a.model.variant) {
-            (Some(c), _, _) => Some(c.clone()),
-            (None, Some(p), _) => Some(DetrisConfig::from_json_file(p)?),
-            (None, None, Some(v)) => Some(DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?),
-            (None, None, None) => None,
-        };
+        let choice = a.model.config_choice()?;
+        let chosen = choice.inline.is_some() || choice.config.is_some() || choice.variant.is_some();
+        let model = if chosen { Some(choice.resolve(|| unreachable!("a config was chosen"))?) } else { None };
         let resolved = serde_json::json!({
             "yaml": a.yaml, "model": model,
             "weights": {"checkpoint": a.model.checkpoint, "dinov2": a.model.dinov2, "clip": a.model.clip},
