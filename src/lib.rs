@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod config;
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod model;
 pub mod segment;
