@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/autograd.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -182,6 +183,18 @@ int detris_c10d_store_check(void* g, const char* key, int* present, char** err) 
 int64_t detris_c10d_store_add(void* g, const char* key, int64_t value, char** err) {
   int64_t out = 0;
   guarded(err, [&] { out = static_cast<Group*>(g)->store->add(std::string(key), value); });
+  return out;
+}
+
+// torch.randperm(n, generator=torch.Generator().manual_seed(seed)): the
+// permutation DistributedSampler draws, from a generator of its own (the
+// global one is left alone).
+at::Tensor* detris_randperm(int64_t n, uint64_t seed, char** err) {
+  at::Tensor* out = nullptr;
+  guarded(err, [&] {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    out = new at::Tensor(at::randperm(n, gen, at::TensorOptions().dtype(at::kLong)));
+  });
   return out;
 }
 

@@ -102,11 +102,17 @@ impl Trainer {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
+        if !crate::distributed::is_main() {
+            return Ok(()); // rank 0 alone writes the run's files
+        }
         checkpoint::save(path, &self.model, &self.opt, &self.state, self.opts.train_backbones)
     }
 
     /// Runs until `epochs` (or `max_steps`) is reached.
     pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let mut quiet = |_: &str| {};
+        let log: &mut dyn FnMut(&str) = if crate::distributed::is_main() { log } else { &mut quiet };
+        self.start_data_parallel()?;
         let device = self.model.device();
         let train = data::TrainData::open(
             &self.opts.data,
@@ -158,6 +164,8 @@ impl Trainer {
                     Levers::FAST,
                     &mut precision,
                 )?;
+                // Data-parallel: the mean over ranks, so that all stop together.
+                let loss = crate::distributed::mean_over_ranks(loss)?;
                 if !loss.is_finite() {
                     bail!(
                         "the loss became {loss} at epoch {} step {}: stopped; the last good checkpoint is {}",
@@ -218,8 +226,10 @@ impl Trainer {
                 "val_miou": val.miou, "val_oiou": val.oiou, "seconds": started.elapsed().as_secs_f64(),
             });
             self.state.history.push(record.clone());
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
-            writeln!(f, "{record}")?;
+            if crate::distributed::is_main() {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+                writeln!(f, "{record}")?;
+            }
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
             let improved = self.state.best_miou.is_none_or(|b| val.miou >= b);
@@ -242,12 +252,31 @@ impl Trainer {
                 val.oiou,
                 if improved { " (best)" } else { "" }
             ));
-            detris_io::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
+            if crate::distributed::is_main() {
+                detris_io::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
+            }
             if self.opts.max_steps.is_some_and(|m| self.state.global_step >= m) {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Data-parallel runs: the same setup on every rank, rank 0's weights.
+    fn start_data_parallel(&self) -> Result<()> {
+        // Name order: the variable map's own order differs between processes.
+        let mut vars: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let shared: Vec<Tensor> = vars
+            .iter()
+            .filter(|(n, v)| v.requires_grad() || n.contains("running_"))
+            .map(|(_, v)| v.shallow_clone())
+            .collect();
+        let mut options = serde_json::to_value(&self.opts)?;
+        options["resume_at_step"] = self.state.global_step.into();
+        let anns = self.opts.data.root.join("anns").join(&self.opts.data.dataset);
+        let files = [&self.opts.data.train_split, &self.opts.data.val_split].map(|s| anns.join(format!("{s}.json")));
+        crate::distributed::start_training(&vars, &shared, &options, &files)
     }
 }
 
@@ -299,6 +328,7 @@ pub fn train_step(
     let value = loss.double_value(&[]);
     let scaler = &mut precision.scaler;
     (loss * scaler.scale).backward();
+    crate::distributed::average_gradients(opt.params.iter().map(|(_, p, _, _)| p))?;
     if scaler.enabled && !grads_finite(opt) {
         scaler.overflowed();
         return Ok(value);
@@ -351,7 +381,7 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() {
+    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() || !crate::distributed::is_main() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar
