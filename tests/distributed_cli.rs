@@ -97,7 +97,7 @@ fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a s
         "--milestones",
         "1",
         "--batch-size",
-        "4",
+        "12",
         "--lr",
         "3e-4",
         "--seed",
@@ -117,6 +117,13 @@ fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a s
     ];
     a.extend_from_slice(extra);
     a
+}
+
+/// Sets the value of `flag` in `args`.
+fn set<'a>(mut args: Vec<&'a str>, flag: &str, value: &'a str) -> Vec<&'a str> {
+    let i = args.iter().position(|a| *a == flag).unwrap();
+    args[i + 1] = value;
+    args
 }
 
 fn tensors(path: &Path) -> Vec<(String, Tensor)> {
@@ -152,11 +159,20 @@ fn two_ranks_train_as_one_process_and_launchers_agree() {
     let (one, two, env_run) = (dir.join("one"), dir.join("two"), dir.join("torchrun"));
     let out1 = detris(&train_args(&data, &one, &["--nproc-per-node", "1"]));
     let out2 = detris(&train_args(&data, &two, &["--nproc-per-node", "2"]));
-    // f32: the two ranks' gradients are summed in another order than one
-    // batch's, and SyncBatchNorm's statistics are computed in two passes
-    // where libtorch's kernel uses one: rounding-level differences.
+    // The same process at 2 threads: f32 sums in another order, nothing else.
+    let threads2 = dir.join("threads2");
+    detris(&set(train_args(&data, &threads2, &["--nproc-per-node", "1"]), "--threads", "2"));
+    // 2 ranks sum their gradients in another order than one batch, and
+    // SyncBatchNorm computes its statistics in two passes where libtorch's
+    // kernel uses one: f32 rounding, which Adam turns into steps of up to lr
+    // wherever a gradient is near its eps or its true value is zero. So the
+    // bound is the noise floor measured beside it (1 process at 1 vs 2
+    // threads: the same rounding effect), with a factor 2 of room; measured
+    // 2.2e-5 vs 2.5e-5 after 3 Adam steps at lr 3e-4 on one machine.
     let d = max_diff(&one.join("last.safetensors"), &two.join("last.safetensors"));
-    assert!(d <= 1e-5, "2 ranks vs 1 process: max |Δ| {d}");
+    let floor = max_diff(&one.join("last.safetensors"), &threads2.join("last.safetensors"));
+    assert!(floor > 0.0, "the thread count changes the rounding");
+    assert!(d <= 2.0 * floor, "2 ranks vs 1 process: max |Δ| {d}, 1 vs 2 threads: {floor}");
     let (m1, m2) = (metrics(&one), metrics(&two));
     assert_eq!(m1.len(), 1);
     assert_eq!(m1[0]["val_miou"], m2[0]["val_miou"], "validation identical");
@@ -194,7 +210,7 @@ fn eval_over_two_ranks_equals_one_process_under_every_launcher() {
             "--dataset",
             "synth",
             "--split",
-            "val,testA",
+            "val,test",
             "--batch-size",
             "2",
             "--threads",
@@ -237,9 +253,10 @@ fn eval_over_two_ranks_equals_one_process_under_every_launcher() {
 fn a_killed_rank_stops_the_other_naming_it_and_resume_is_bit_identical() {
     let (dir, data) = setup("kill");
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
-    let extra = ["--epochs", "2", "--save-every", "1", "--dist-timeout", "20"];
-    detris(&train_args(&data, &straight, &[&extra[..], &["--nproc-per-node", "2"]].concat()));
-    let mut ranks = spawn_ranks(&train_args(&data, &killed, &extra), torchrun_env);
+    let extra = ["--save-every", "1", "--dist-timeout", "20"];
+    let args = |out, more: &[&'static str]| set(train_args(&data, out, &[&extra[..], more].concat()), "--epochs", "2");
+    detris(&args(&straight, &["--nproc-per-node", "2"]));
+    let mut ranks = spawn_ranks(&args(&killed, &[]), torchrun_env);
     // Mid-epoch: once rank 0 has written a step checkpoint.
     let last = killed.join("last.safetensors");
     let t0 = Instant::now();
@@ -258,7 +275,7 @@ fn a_killed_rank_stops_the_other_naming_it_and_resume_is_bit_identical() {
     // The bound is --dist-timeout (20 s) plus the few seconds the survivors
     // take to name the lost rank; the margin is for a loaded CI machine.
     assert!(waited < Duration::from_secs(20 + 30), "survivor took {waited:?}");
-    detris(&train_args(&data, &killed, &[&extra[..], &["--nproc-per-node", "2", "--resume"]].concat()));
+    detris(&args(&killed, &["--nproc-per-node", "2", "--resume"]));
     assert_eq!(max_diff(&straight.join("last.safetensors"), &last), 0.0, "resume after the kill");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -276,9 +293,7 @@ fn mismatched_ranks_and_launcher_mistakes_are_refused_by_name() {
     // Rank 1 with another learning rate.
     let port = free_port();
     let base = train_args(&data, &out, &["--dist-timeout", "30"]);
-    let mut other = base.clone();
-    let lr = other.iter().position(|a| *a == "--lr").unwrap();
-    other[lr + 1] = "1e-3";
+    let other = set(base.clone(), "--lr", "1e-3");
     let ranks: Vec<Child> = [&base, &other]
         .iter()
         .enumerate()
@@ -306,9 +321,7 @@ fn mismatched_ranks_and_launcher_mistakes_are_refused_by_name() {
     // RANK outside WORLD_SIZE, and a bad --batch-size split.
     let log = failure(&mut cmd(&train_args(&data, &out, &[]), &one(2, "2", free_port())));
     assert!(log.contains("RANK=2 is not below WORLD_SIZE=2"), "{log}");
-    let mut odd = train_args(&data, &out, &["--nproc-per-node", "2"]);
-    let b = odd.iter().position(|a| *a == "--batch-size").unwrap();
-    odd[b + 1] = "3";
+    let odd = set(train_args(&data, &out, &["--nproc-per-node", "2"]), "--batch-size", "3");
     let log = failure(&mut cmd(&odd, &[]));
     assert!(log.contains("--batch-size 3") && log.contains("remainder 1"), "{log}");
     std::fs::remove_dir_all(&dir).ok();
