@@ -326,3 +326,42 @@ fn mismatched_ranks_and_launcher_mistakes_are_refused_by_name() {
     assert!(log.contains("--batch-size 3") && log.contains("remainder 1"), "{log}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The rank processes a launcher started (Linux: /proc's child list).
+fn children_of(pid: u32) -> Vec<u32> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn the_launcher_ends_the_ranks_when_one_dies_and_forwards_sigterm() {
+    let (dir, data) = setup("launcher");
+    for (name, victim) in [("killed-rank", true), ("sigterm", false)] {
+        let out = dir.join(name);
+        let args = set(train_args(&data, &out, &["--nproc-per-node", "2", "--save-every", "1"]), "--epochs", "3");
+        let mut launcher = cmd(&args, &[]).stderr(Stdio::piped()).spawn().unwrap();
+        let t0 = Instant::now();
+        while !out.join("last.safetensors").exists() {
+            assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ranks = children_of(launcher.id());
+        assert_eq!(ranks.len(), 2, "two ranks running");
+        let target = if victim { ranks[1] } else { launcher.id() };
+        let sig = if victim { libc::SIGKILL } else { libc::SIGTERM };
+        unsafe { libc::kill(target as i32, sig) };
+        let o = launcher.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&o.stderr);
+        // The launcher exits with the dead rank's status: 128 + the signal.
+        assert_eq!(o.status.code(), Some(128 + sig), "{name}:\n{log}");
+        if victim {
+            assert!(log.contains("rank 1 exited with status 137"), "{log}");
+        }
+        assert!(ranks.iter().all(|&p| !alive(p)), "{name}: every rank ended");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
