@@ -114,6 +114,15 @@ pub fn lost(g: &Group, what: &str, e: String) -> anyhow::Error {
     }
 }
 
+/// A libtorch error from work that may talk to other ranks (a backward
+/// through SyncBatchNorm): named as [`lost`] names it in a data-parallel run.
+pub fn failed(what: &str, e: tch::TchError) -> anyhow::Error {
+    match world() {
+        Some(g) if g.world > 1 => lost(g, what, e.to_string()),
+        _ => anyhow!("{what}: {e}"),
+    }
+}
+
 /// A stable digest of bytes (the same binary on every rank).
 pub fn digest_bytes(parts: &[&[u8]]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();

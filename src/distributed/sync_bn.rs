@@ -39,7 +39,12 @@ pub fn forward(
     let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
     let shape: Vec<i64> = (0..x.dim() as i64).map(|d| if d == 1 { c } else { 1 }).collect();
     let local = (x.numel() as i64 / c) as f64;
-    let fail = |e: String| -> ! { panic!("{}", super::lost(g, "SyncBatchNorm", e)) };
+    // A forward cannot return an error: a lost rank ends this one here,
+    // with the same message a failed step gives.
+    let fail = |e: String| -> ! {
+        eprintln!("error: {:#}", super::lost(g, "SyncBatchNorm", e));
+        std::process::exit(1)
+    };
     // One all-reduce for the sums and the count, one for the squared deviations.
     let count = Tensor::from_slice(&[local]).to_kind(x.kind()).to_device(x.device());
     let sums = Tensor::cat(&[x.sum_dim_intlist(dims.as_slice(), false, x.kind()), count], 0);

@@ -327,7 +327,8 @@ pub fn train_step(
     };
     let value = loss.double_value(&[]);
     let scaler = &mut precision.scaler;
-    (loss * scaler.scale).backward();
+    // Data-parallel: a backward through SyncBatchNorm talks to the other ranks.
+    (loss * scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
     crate::distributed::average_gradients(opt.params.iter().map(|(_, p, _, _)| p))?;
     if scaler.enabled && !grads_finite(opt) {
         scaler.overflowed();
