@@ -246,6 +246,31 @@ fn eval_over_two_ranks_equals_one_process_under_every_launcher() {
         }
         assert_eq!(one, eval_json(&json), "2 ranks ({name} variables) vs 1 process");
     }
+    // torchrun's default: its agent hosts the store and every rank is a
+    // client. This test stands in for the agent with a store of its own.
+    let port = free_port();
+    let agent = detris::distributed::Rendezvous {
+        host: "127.0.0.1".into(),
+        port,
+        rank: 0,
+        world: 1,
+        host_store: true,
+        timeout: Duration::from_secs(60),
+    };
+    let _store = detris::distributed::Group::join(&agent, "agent/").unwrap();
+    let json = dir.join("agent.json");
+    let a = args(&json);
+    let ranks: Vec<Child> = (0..2)
+        .map(|r| {
+            let mut env = torchrun_env(r, port);
+            env[6].1 = "True".into();
+            cmd(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (r, c) in ranks.into_iter().enumerate() {
+        check(c.wait_with_output().unwrap(), &format!("agent-store rank {r}"));
+    }
+    assert_eq!(one, eval_json(&json), "2 ranks (torchrun agent store) vs 1 process");
     std::fs::remove_dir_all(&dir).ok();
 }
 
