@@ -41,13 +41,22 @@ pub fn evaluate(
     overlays: Option<&Path>,
 ) -> Result<EvalReport> {
     let started = Instant::now();
+    // Data-parallel: each rank takes every world-th sentence, in batches of
+    // batch / world; the counts are gathered so that each sentence counts once.
+    let (rank, world) = crate::distributed::rank_and_size();
+    let batch = if world > 1 { (batch / world).max(1) } else { batch };
     let loader = open_loader(spec, split, mode, &model.config, batch, 0, workers, limit)?;
+    let mine: Vec<(usize, (usize, usize))> =
+        loader.plan(0).into_iter().flatten().enumerate().filter(|(i, _)| i % world == rank).collect();
+    let plan = mine.chunks(batch).map(|c| c.iter().map(|(_, s)| *s).collect()).collect();
+    let mut positions = mine.iter().map(|(i, _)| *i as i64);
+    // (position in the one-process order, intersection, union) per sentence.
+    let mut counts: Vec<Vec<i64>> = Vec::new();
     let device = model.device();
-    let mut metrics = Metrics::new();
     if let Some(dir) = overlays {
         std::fs::create_dir_all(dir)?;
     }
-    for b in loader.epoch(0) {
+    for b in loader.run_plan(plan) {
         let b = b?;
         let (img, ids) = batch_tensors(&b);
         let logits = tch::no_grad(|| {
@@ -60,7 +69,11 @@ pub fn evaluate(
             let prob = image::postprocess(&values, lh as usize, lw as usize, &item.letterbox, PostPath::Test)?;
             let gt = item.eval.as_ref().map(|e| e.mask.iter().map(|&v| v != 0).collect::<Vec<bool>>());
             let gt = gt.ok_or_else(|| anyhow::anyhow!("the evaluation loader gave no ground truth"))?;
-            metrics.push(&prob.mask, &gt)?;
+            if prob.mask.len() != gt.len() {
+                anyhow::bail!("prediction has {} pixels but the ground-truth mask has {}", prob.mask.len(), gt.len());
+            }
+            let (inter, union) = detris_io::metrics::counts(&prob.mask, &gt);
+            counts.push(vec![positions.next().unwrap_or(-1), inter as i64, union as i64]);
             if let Some(dir) = overlays {
                 let photo = image::load_rgb(&loader.refs()[item.ref_index].image)?;
                 let over = image::overlay(&photo, &prob.mask, [255, 64, 64])?;
@@ -69,11 +82,24 @@ pub fn evaluate(
             }
         }
     }
+    let mut counts = crate::distributed::allgather_rows(&counts, 3)?;
+    counts.sort_by_key(|c| c[0]);
+    let mut metrics = Metrics::new();
+    for c in &counts {
+        metrics.push_counts(c[1] as u64, c[2] as u64);
+    }
+    let mut resized_masks = loader.resized_masks();
+    if world > 1 {
+        let lists = crate::distributed::allgather_string("eval/resized", &resized_masks.join("\n"))?;
+        resized_masks = lists.iter().flat_map(|l| l.lines().map(str::to_string)).collect();
+        resized_masks.sort();
+        resized_masks.dedup();
+    }
     Ok(EvalReport {
         dataset: spec.dataset.clone(),
         split: split.to_string(),
         summary: metrics.summary(),
-        resized_masks: loader.resized_masks(),
+        resized_masks,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -22,6 +22,17 @@ pub fn iou(intersection: u64, union: u64) -> f64 {
     intersection as f64 / (union as f64 + 1e-6)
 }
 
+/// (intersection, union) pixel counts of a prediction and its ground truth
+/// (equal lengths).
+pub fn counts(pred: &[bool], gt: &[bool]) -> (u64, u64) {
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (&p, &g) in pred.iter().zip(gt) {
+        inter += u64::from(p && g);
+        union += u64::from(p || g);
+    }
+    (inter, union)
+}
+
 /// Running totals over the evaluated sentences.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -61,11 +72,7 @@ impl Metrics {
                 gt.len()
             )));
         }
-        let (mut inter, mut union) = (0u64, 0u64);
-        for (&p, &g) in pred.iter().zip(gt) {
-            inter += u64::from(p && g);
-            union += u64::from(p || g);
-        }
+        let (inter, union) = counts(pred, gt);
         Ok(self.push_counts(inter, union))
     }
 
