@@ -246,8 +246,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let last = trainer.last_path();
     let resumed = if let Some(from) = &resume_from {
         if detris::train::official_pth::is_torch_zip(from)? {
-            detris::train::official_pth::resume(&mut trainer, from)
-                .with_context(|| format!("--resume-from {}", from.display()))?;
+            trainer.resume_official(from).with_context(|| format!("--resume-from {}", from.display()))?;
         } else {
             trainer.resume(from).with_context(|| format!("--resume-from {}", from.display()))?;
         }

@@ -119,6 +119,35 @@ impl Trainer {
         checkpoint::save(path, &self.model, &self.opt, &self.state, self.opts.train_backbones)
     }
 
+    /// `--resume-from` an official `last_model.pth`: the run continues with the
+    /// epoch after the checkpoint's, at the learning rate the schedule gives it.
+    pub fn resume_official(&mut self, path: &Path) -> Result<()> {
+        let s = super::official_pth::load(path, &self.model, &mut self.opt)?;
+        self.state.epoch = s.epoch;
+        self.state.batch_in_epoch = 0;
+        self.state.global_step = s.adam_step.max(0) as u64;
+        self.state.best_miou = (s.epoch > 0).then_some(s.best_iou);
+        self.opt.lr = lr_at(&self.opts, s.epoch);
+        Ok(())
+    }
+
+    /// What the official container records of the run besides the weights.
+    fn run_record(&self, val: Option<&detris_io::metrics::Summary>) -> super::official_pth::RunRecord {
+        let prec = val
+            .map(|v| v.prec.iter().map(|(thr, p)| (format!("Pr@{}", (thr * 100.0).round() as i64), *p)).collect())
+            .unwrap_or_default();
+        super::official_pth::RunRecord {
+            epoch: self.state.epoch,
+            cur_iou: val.map_or(0.0, |v| v.miou),
+            best_iou: self.state.best_miou.unwrap_or(0.0),
+            prec,
+            milestones: self.opts.milestones.clone(),
+            gamma: self.opts.lr_decay,
+            base_lr: self.opts.base_lr,
+            bn_batches: self.state.global_step as i64,
+        }
+    }
+
     /// The official `last_model.pth` / `best_model.pth` beside the safetensors files.
     pub fn official_path(&self, best: bool) -> PathBuf {
         self.out.join(if best { "best_model.pth" } else { "last_model.pth" })
@@ -142,7 +171,7 @@ impl Trainer {
             }
         }
         if r.save_format.pth() {
-            let run = super::official_pth::RunRecord::of(self, val);
+            let run = self.run_record(val);
             if due {
                 super::official_pth::save(&self.official_path(false), &self.model, &self.opt, &run)?;
             }
