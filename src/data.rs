@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::config::DetrisConfig;
+use crate::distributed::sampler::DistributedSampler;
 
 /// Which data: `root/anns/<dataset>/<split>.json`, `root/masks/<dataset>/`,
 /// `root/images/train2014/` (the official prepared layout; `detris data
@@ -76,11 +77,35 @@ pub fn open_loader(
 
 pub struct TrainData {
     loader: Loader,
+    /// Data-parallel runs: this rank's DistributedSampler and its share of
+    /// the global batch.
+    shard: Option<(DistributedSampler, usize)>,
 }
 
 impl TrainData {
+    /// `batch` is the global batch; in a data-parallel run each rank loads
+    /// batch / world of it.
     pub fn open(spec: &DataSpec, cfg: &DetrisConfig, seed: u64, workers: usize, batch: usize) -> Result<TrainData> {
-        Ok(TrainData { loader: open_loader(spec, &spec.train_split, Mode::Train, cfg, batch, seed, workers, 0)? })
+        let Some(g) = crate::distributed::world() else {
+            return Ok(TrainData {
+                loader: open_loader(spec, &spec.train_split, Mode::Train, cfg, batch, seed, workers, 0)?,
+                shard: None,
+            });
+        };
+        if batch % g.world != 0 {
+            anyhow::bail!("--batch-size {batch} (the global batch) does not divide over WORLD_SIZE={} ranks", g.world);
+        }
+        let local = batch / g.world;
+        let loader = open_loader(spec, &spec.train_split, Mode::Train, cfg, local, seed, workers, 0)?;
+        let sampler = DistributedSampler {
+            len: loader.refs().len(),
+            world: g.world,
+            rank: g.rank,
+            shuffle: true,
+            seed,
+            drop_last: false,
+        };
+        Ok(TrainData { loader, shard: Some((sampler, local)) })
     }
 
     pub fn len(&self) -> usize {
@@ -88,14 +113,27 @@ impl TrainData {
     }
 
     pub fn batches_per_epoch(&self) -> usize {
-        self.loader.plan(0).len()
+        match &self.shard {
+            Some((sampler, local)) => sampler.num_samples() / local,
+            None => self.loader.plan(0).len(),
+        }
+    }
+
+    fn plan(&self, epoch: usize) -> detris_io::data::loader::Plan {
+        match &self.shard {
+            Some((sampler, local)) => {
+                let sentences: Vec<usize> = self.loader.refs().iter().map(|r| r.sentences.len()).collect();
+                crate::distributed::sampler::train_plan(sampler, &sentences, *local, epoch as u64)
+            }
+            None => self.loader.plan(epoch as u64),
+        }
     }
 
     /// The batches of `epoch` from batch `skip` on (a resumed epoch). The
     /// order is a pure function of (seed, epoch), so skipping by counting
     /// reproduces the uninterrupted run.
     pub fn epoch(&self, epoch: usize, skip: usize) -> impl Iterator<Item = Result<Batch>> + '_ {
-        self.loader.epoch(epoch as u64).skip(skip).map(|b| {
+        self.loader.run_plan(self.plan(epoch)).skip(skip).map(|b| {
             let b = b?;
             let (img, ids) = batch_tensors(&b);
             let s = b.input_size as i64;

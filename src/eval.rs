@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use detris_io::data::loader::{BatchItem, Mode};
 use detris_io::image::{self, PostPath, THRESHOLD};
-use detris_io::metrics::{self, Metrics, Summary};
+use detris_io::metrics::{Metrics, Summary};
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
@@ -26,8 +26,9 @@ pub struct EvalReport {
     /// Refs whose mask PNG had another size than the photo (resized, nearest).
     pub resized_masks: Vec<String>,
     pub seconds: f64,
-    /// One record per evaluated sentence, in order (kept when [`EvalOutputs::records`] is set;
-    /// `detris eval` writes them as JSON Lines beside the summary).
+    /// One record per sentence this process evaluated (every sentence, in order, in a single
+    /// process; a rank's share when data-parallel), kept when [`EvalOutputs::records`] is set;
+    /// `detris eval` writes them as JSON Lines beside the summary.
     #[serde(skip)]
     pub records: Vec<SentenceRecord>,
 }
@@ -86,11 +87,20 @@ pub fn evaluate(
     outputs: &EvalOutputs,
 ) -> Result<EvalReport> {
     let started = Instant::now();
+    // Data-parallel: each rank takes every world-th sentence, in batches of
+    // batch / world; the counts are gathered so that each sentence counts once.
+    let (rank, world) = crate::distributed::rank_and_size();
+    let batch = if world > 1 { (batch / world).max(1) } else { batch };
     let loader = open_loader(spec, split, mode, &model.config, batch, 0, workers, limit)?;
+    let mine: Vec<(usize, (usize, usize))> =
+        loader.plan(0).into_iter().flatten().enumerate().filter(|(i, _)| i % world == rank).collect();
+    let plan = mine.chunks(batch).map(|c| c.iter().map(|(_, s)| *s).collect()).collect();
+    let mut positions = mine.iter().map(|(i, _)| *i as i64);
+    // (position in the one-process order, intersection, union) per sentence.
+    let mut counts: Vec<Vec<i64>> = Vec::new();
     let device = model.device();
-    let mut metrics = Metrics::new();
     let mut sink = SentenceSink::new(split, outputs)?;
-    for b in loader.epoch(0) {
+    for b in loader.run_plan(plan) {
         let b = b?;
         let (img, ids) = batch_tensors(&b);
         let logits = tch::no_grad(|| {
@@ -101,16 +111,30 @@ pub fn evaluate(
             let prob = logits_to_prob(&logits, i, &item.letterbox, PostPath::Test, outputs.threshold)?;
             let gt = item.eval.as_ref().map(|e| e.mask.iter().map(|&v| v != 0).collect::<Vec<bool>>());
             let gt = gt.ok_or_else(|| anyhow::anyhow!("the evaluation loader gave no ground truth"))?;
-            let (intersection, union) = metrics::intersection_union(&prob.mask, &gt)?;
-            let iou = metrics.push_counts(intersection, union);
+            let (intersection, union) = detris_io::metrics::intersection_union(&prob.mask, &gt)?;
+            counts.push(vec![positions.next().unwrap_or(-1), intersection as i64, union as i64]);
+            let iou = detris_io::metrics::iou(intersection, union);
             sink.push(item, &loader.refs()[item.ref_index].image, &prob.mask, &gt, iou, intersection, union)?;
         }
+    }
+    let mut counts = crate::distributed::allgather_rows(&counts, 3)?;
+    counts.sort_by_key(|c| c[0]);
+    let mut metrics = Metrics::new();
+    for c in &counts {
+        metrics.push_counts(c[1] as u64, c[2] as u64);
+    }
+    let mut resized_masks = loader.resized_masks();
+    if world > 1 {
+        let lists = crate::distributed::allgather_string("eval/resized", &resized_masks.join("\n"))?;
+        resized_masks = lists.iter().flat_map(|l| l.lines().map(str::to_string)).collect();
+        resized_masks.sort();
+        resized_masks.dedup();
     }
     Ok(EvalReport {
         dataset: spec.dataset.clone(),
         split: split.to_string(),
         summary: metrics.summary(),
-        resized_masks: loader.resized_masks(),
+        resized_masks,
         seconds: started.elapsed().as_secs_f64(),
         records: sink.records,
     })

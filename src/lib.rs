@@ -88,6 +88,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod model;
 pub mod render;

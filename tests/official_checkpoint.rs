@@ -277,7 +277,9 @@ fn export_format_pth_holds_every_weight_under_module_keys() {
         out.to_str().unwrap(),
     ]);
     let want = read_st("tiny/state_dict.safetensors");
-    let got = detris_io::torch_file::load_checkpoint(&out).unwrap().tensors;
+    let stored = detris_io::torch_file::load_checkpoint(&out).unwrap().tensors;
+    assert!(stored.keys().all(|k| k.starts_with("module.")), "every key under `module.`, as DDP saves them");
+    let got = detris::weights::read_weights(&out).unwrap().0;
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "the official key set");
     for (name, t) in &want {
         let ours = detris::weights::to_tch(&got[name]).unwrap();

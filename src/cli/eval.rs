@@ -37,6 +37,8 @@ pub struct EvalArgs {
     overlays: Option<PathBuf>,
     #[command(flatten)]
     outputs: OutputArgs,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
 }
 
 /// What `detris eval` writes besides the summary (the per-sentence records always go to
@@ -68,9 +70,22 @@ pub fn records_path(json: &std::path::Path) -> PathBuf {
     json.with_extension("sentences.jsonl")
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
+pub fn run(mut a: EvalArgs) -> Result<()> {
+    // Data-parallel: start the ranks here, or join the launcher's group.
+    let dist = a.dist.clone();
+    if let super::distributed::Role::Launched(code) = dist.enter(&mut a.model.device)? {
+        std::process::exit(code);
+    }
     if a.batch_size == 0 {
         return Err(super::usage("--batch-size must be at least 1"));
+    }
+    let (_, world) = detris::distributed::rank_and_size();
+    if a.batch_size % world != 0 {
+        return Err(super::usage(format!(
+            "--batch-size {} is the global batch: it must divide over the {world} ranks (remainder {})",
+            a.batch_size,
+            a.batch_size % world
+        )));
     }
     if !a.data.is_dir() {
         return Err(super::usage(format!("--data {}: no such folder", a.data.display())));
@@ -93,6 +108,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             );
         }
         reports.push(r);
+    }
+    if !detris::distributed::is_main() {
+        return Ok(()); // rank 0 prints and writes the gathered figures
     }
     print!("{}", table(&reports));
     std::fs::write(&a.json, serde_json::to_string_pretty(&reports)?)

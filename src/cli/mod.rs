@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod export;
 pub mod model_args;

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use detris::train::data::DataSpec;
 use detris::train::trainer::{TrainOptions, Trainer};
-use detris::{Detris, DetrisConfig};
+use detris::Detris;
 
 use detris::train::official_yaml::OfficialYaml;
 use detris::train::recipe::{Recipe, SaveFormat};
@@ -104,9 +104,21 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last.safetensors.
     #[arg(long)]
     resume: bool,
+    /// Data-parallel runs: SyncBatchNorm (BatchNorm statistics over the
+    /// global batch, as the official `sync_bn: True`) [YAML: sync_bn].
+    #[arg(long)]
+    sync_bn: Option<bool>,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
 }
 
 pub fn run(mut a: TrainArgs) -> Result<()> {
+    // Data-parallel: start the ranks here, or join the launcher's group.
+    let dist = a.dist.clone();
+    match dist.enter(&mut a.model.device)? {
+        super::distributed::Role::Launched(code) => std::process::exit(code),
+        super::distributed::Role::Rank | super::distributed::Role::Plain => {}
+    }
     let from_file = a.yaml.is_some();
     let mut yaml = match &a.yaml {
         Some(p) => OfficialYaml::read(p).map_err(|e| super::usage(format!("--yaml: {e:#}")))?,
@@ -156,12 +168,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         }
     }
     if a.print_config {
-        let model = match (&a.model.inline, &a.model.config, &a.model.variant) {
-            (Some(c), _, _) => Some(c.clone()),
-            (None, Some(p), _) => Some(DetrisConfig::from_json_file(p)?),
-            (None, None, Some(v)) => Some(DetrisConfig::variant(v).map_err(|e| super::usage(e.to_string()))?),
-            (None, None, None) => None,
-        };
+        let choice = a.model.config_choice()?;
+        let chosen = choice.inline.is_some() || choice.config.is_some() || choice.variant.is_some();
+        let model = if chosen { Some(choice.resolve(|| unreachable!("a config was chosen"))?) } else { None };
         let resolved = serde_json::json!({
             "yaml": a.yaml, "model": model,
             "weights": {"checkpoint": a.model.checkpoint, "dinov2": a.model.dinov2, "clip": a.model.clip},
@@ -180,6 +189,14 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     if batch_size == 0 || epochs == 0 {
         return Err(super::usage("--batch-size and --epochs must be at least 1"));
     }
+    let (_, world) = detris::distributed::rank_and_size();
+    if batch_size % world != 0 {
+        return Err(super::usage(format!(
+            "--batch-size {batch_size} is the global batch: it must divide over the {world} ranks (remainder {})",
+            batch_size % world
+        )));
+    }
+    detris::distributed::sync_bn::enable(a.sync_bn.or_else(|| y.bool("sync_bn")).unwrap_or(true));
     if !data.is_dir() {
         return Err(super::usage(format!(
             "--data {}: no such folder (the official configs' *_lmdb files are not read: give the root of \
@@ -227,21 +244,30 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     };
     let mut trainer = Trainer::new(model, opts, &out)?;
     let last = trainer.last_path();
-    if let Some(from) = &resume_from {
+    let resumed = if let Some(from) = &resume_from {
         if detris::train::official_pth::is_torch_zip(from)? {
-            detris::train::official_pth::resume(&mut trainer, from)
-                .with_context(|| format!("--resume-from {}", from.display()))?;
+            trainer.resume_official(from).with_context(|| format!("--resume-from {}", from.display()))?;
         } else {
             trainer.resume(from).with_context(|| format!("--resume-from {}", from.display()))?;
         }
-        eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
+        true
     } else if a.resume && last.exists() {
+        // Every rank resumes from rank 0's checkpoint (one folder: shared by the ranks).
         trainer.resume(&last).with_context(|| format!("--resume from {}", last.display()))?;
+        true
+    } else {
+        if a.resume {
+            eprintln!("--resume: no {} yet, starting from the beginning", last.display());
+        }
+        false
+    };
+    if resumed && detris::distributed::is_main() {
         eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
-    } else if a.resume {
-        eprintln!("--resume: no {} yet, starting from the beginning", last.display());
     }
     trainer.run(&mut |line| eprintln!("{line}"))?;
+    if !detris::distributed::is_main() {
+        return Ok(()); // rank 0 reports
+    }
     if let Some(best) = trainer.state.best_miou {
         eprintln!(
             "best {} mIoU {:.4} at epoch {} → {}",

@@ -180,6 +180,11 @@ impl BatchNorm {
     /// Train mode: batch statistics, running statistics updated (unbiased
     /// variance, momentum 0.1), exactly libtorch's kernel.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        if ctx.train && crate::distributed::sync_bn::active() {
+            // SyncBatchNorm: the statistics of every rank's batch.
+            let (w, b, m, v) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
+            return crate::distributed::sync_bn::forward(x, w, b, m, v, 0.1, self.eps);
+        }
         x.batch_norm(
             Some(&self.weight),
             Some(&self.bias),

@@ -15,7 +15,6 @@ use detris_io::RawTensor;
 
 use super::adam::Adam;
 use super::official_order::official_order;
-use super::trainer::{lr_at, Trainer};
 use crate::model::Detris;
 use crate::weights::{self, from_tch, to_tch};
 
@@ -37,24 +36,6 @@ pub struct RunRecord {
     pub base_lr: f64,
     /// Every BatchNorm's `num_batches_tracked` (training forwards so far).
     pub bn_batches: i64,
-}
-
-impl RunRecord {
-    pub fn of(t: &Trainer, val: Option<&detris_io::metrics::Summary>) -> RunRecord {
-        let prec = val
-            .map(|v| v.prec.iter().map(|(thr, p)| (format!("Pr@{}", (thr * 100.0).round() as i64), *p)).collect())
-            .unwrap_or_default();
-        RunRecord {
-            epoch: t.state.epoch,
-            cur_iou: val.map_or(0.0, |v| v.miou),
-            best_iou: t.state.best_miou.unwrap_or(0.0),
-            prec,
-            milestones: t.opts.milestones.clone(),
-            gamma: t.opts.lr_decay,
-            base_lr: t.opts.base_lr,
-            bn_batches: t.state.global_step as i64,
-        }
-    }
 }
 
 /// The optimizer's parameters as the official `param_groups` list them:
@@ -186,8 +167,8 @@ pub struct OfficialState {
 /// in the official parameter groups onto detris's parameters, the step
 /// count, and where the schedule stands.
 pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<OfficialState> {
-    let ckpt = detris_io::torch_file::load_checkpoint(path)?;
-    weights::load_map(model, &ckpt.tensors, true)?.check(&path.display().to_string())?;
+    let (tensors, _) = weights::read_weights(path)?;
+    weights::load_map(model, &tensors, true)?.check(&path.display().to_string())?;
     let (root, mut reader) = detris_io::torch_file::load_tree(path)?;
     let at = |what: &str| format!("{}: {what}", path.display());
     let epoch = root.get("epoch").and_then(Value::as_i64).with_context(|| at("no `epoch` number"))?;
@@ -263,18 +244,6 @@ fn number(v: &Value, reader: &mut detris_io::torch_file::TensorReader) -> Result
     let t = reader.tensor(v)?.context("neither a number nor a tensor")?;
     ensure!(t.numel() == 1, "a tensor of {} elements, not one number", t.numel());
     Ok(t.to_f64_vec()[0])
-}
-
-/// `--resume-from` an official `last_model.pth`: the run continues with the
-/// epoch after the checkpoint's, at the learning rate the schedule gives it.
-pub fn resume(trainer: &mut Trainer, path: &Path) -> Result<()> {
-    let s = load(path, &trainer.model, &mut trainer.opt)?;
-    trainer.state.epoch = s.epoch;
-    trainer.state.batch_in_epoch = 0;
-    trainer.state.global_step = s.adam_step.max(0) as u64;
-    trainer.state.best_miou = (s.epoch > 0).then_some(s.best_iou);
-    trainer.opt.lr = lr_at(&trainer.opts, s.epoch);
-    Ok(())
 }
 
 /// Whether `path` is a zip archive (a `torch.save` file) rather than safetensors.

@@ -78,7 +78,12 @@ const KEYS: &[(&str, &str, Type, &str)] = &[
     ("TRAIN", "vis_dim", Type::Usize, "model: neck/decoder width C"),
     ("TRAIN", "fpn_in", Type::UsizeList, "must be the DINOv2 width three times"),
     ("TRAIN", "fpn_out", Type::UsizeList, IGNORED_NOTE),
-    ("TRAIN", "sync_bn", Type::Bool, "BatchNorm over the whole batch: one detris process sees all of it"),
+    (
+        "TRAIN",
+        "sync_bn",
+        Type::Bool,
+        "SyncBatchNorm over the ranks of a data-parallel run (--sync-bn wins); one process sees the whole batch anyway",
+    ),
     ("TRAIN", "num_layers", Type::Usize, "model: decoder layers"),
     ("TRAIN", "num_head", Type::Usize, "model: decoder heads"),
     ("TRAIN", "dim_ffn", Type::Usize, "model: decoder feed-forward width"),

@@ -113,7 +113,39 @@ impl Trainer {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
+        if !crate::distributed::is_main() {
+            return Ok(()); // rank 0 alone writes the run's files
+        }
         checkpoint::save(path, &self.model, &self.opt, &self.state, self.opts.train_backbones)
+    }
+
+    /// `--resume-from` an official `last_model.pth`: the run continues with the
+    /// epoch after the checkpoint's, at the learning rate the schedule gives it.
+    pub fn resume_official(&mut self, path: &Path) -> Result<()> {
+        let s = super::official_pth::load(path, &self.model, &mut self.opt)?;
+        self.state.epoch = s.epoch;
+        self.state.batch_in_epoch = 0;
+        self.state.global_step = s.adam_step.max(0) as u64;
+        self.state.best_miou = (s.epoch > 0).then_some(s.best_iou);
+        self.opt.lr = lr_at(&self.opts, s.epoch);
+        Ok(())
+    }
+
+    /// What the official container records of the run besides the weights.
+    fn run_record(&self, val: Option<&detris_io::metrics::Summary>) -> super::official_pth::RunRecord {
+        let prec = val
+            .map(|v| v.prec.iter().map(|(thr, p)| (format!("Pr@{}", (thr * 100.0).round() as i64), *p)).collect())
+            .unwrap_or_default();
+        super::official_pth::RunRecord {
+            epoch: self.state.epoch,
+            cur_iou: val.map_or(0.0, |v| v.miou),
+            best_iou: self.state.best_miou.unwrap_or(0.0),
+            prec,
+            milestones: self.opts.milestones.clone(),
+            gamma: self.opts.lr_decay,
+            base_lr: self.opts.base_lr,
+            bn_batches: self.state.global_step as i64,
+        }
     }
 
     /// The official `last_model.pth` / `best_model.pth` beside the safetensors files.
@@ -124,6 +156,9 @@ impl Trainer {
     /// The checkpoints of a finished epoch, in the formats asked for
     /// (`save_freq` spaces the `last` ones; the final epoch always writes).
     fn save_epoch(&self, improved: bool, val: Option<&detris_io::metrics::Summary>) -> Result<()> {
+        if !crate::distributed::is_main() {
+            return Ok(()); // rank 0 alone writes the run's files
+        }
         let r = &self.opts.recipe;
         let due = self.state.epoch % r.save_freq.max(1) == 0 || self.state.epoch >= self.opts.epochs;
         if r.save_format.safetensors() {
@@ -136,7 +171,7 @@ impl Trainer {
             }
         }
         if r.save_format.pth() {
-            let run = super::official_pth::RunRecord::of(self, val);
+            let run = self.run_record(val);
             if due {
                 super::official_pth::save(&self.official_path(false), &self.model, &self.opt, &run)?;
             }
@@ -149,6 +184,9 @@ impl Trainer {
 
     /// Runs until `epochs` (or `max_steps`) is reached.
     pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let mut quiet = |_: &str| {};
+        let log: &mut dyn FnMut(&str) = if crate::distributed::is_main() { log } else { &mut quiet };
+        self.start_data_parallel()?;
         let device = self.model.device();
         let train = data::TrainData::open(
             &self.opts.data,
@@ -200,6 +238,8 @@ impl Trainer {
                     Levers::FAST,
                     &mut precision,
                 )?;
+                // Data-parallel: the mean over ranks, so that all stop together.
+                let loss = crate::distributed::mean_over_ranks(loss)?;
                 if !loss.is_finite() {
                     bail!(
                         "the loss became {loss} at epoch {} step {}: stopped; the last good checkpoint is {}",
@@ -269,8 +309,10 @@ impl Trainer {
                 "seconds": started.elapsed().as_secs_f64(),
             });
             self.state.history.push(record.clone());
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
-            writeln!(f, "{record}")?;
+            if crate::distributed::is_main() {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+                writeln!(f, "{record}")?;
+            }
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
             // As the official loop: best when the validation mIoU is at least the best so far.
@@ -288,12 +330,31 @@ impl Trainer {
                 self.opts.data.val_split,
                 if improved { " (best)" } else { "" }
             ));
-            detris_io::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
+            if crate::distributed::is_main() {
+                detris_io::plot::write_plot(&self.out.join("training.png"), &self.state.history)?;
+            }
             if self.opts.max_steps.is_some_and(|m| self.state.global_step >= m) {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Data-parallel runs: the same setup on every rank, rank 0's weights.
+    fn start_data_parallel(&self) -> Result<()> {
+        // Name order: the variable map's own order differs between processes.
+        let mut vars: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let shared: Vec<Tensor> = vars
+            .iter()
+            .filter(|(n, v)| v.requires_grad() || n.contains("running_"))
+            .map(|(_, v)| v.shallow_clone())
+            .collect();
+        let mut options = serde_json::to_value(&self.opts)?;
+        options["resume_at_step"] = self.state.global_step.into();
+        let anns = self.opts.data.root.join("anns").join(&self.opts.data.dataset);
+        let files = [&self.opts.data.train_split, &self.opts.data.val_split].map(|s| anns.join(format!("{s}.json")));
+        crate::distributed::start_training(&vars, &shared, &options, &files)
     }
 }
 
@@ -344,8 +405,10 @@ pub fn train_step(
     };
     let value = loss.double_value(&[]);
     let scaler = &mut precision.scaler;
-    (loss * scaler.scale).backward();
-    // The official loop clips here, before the scaler's inf check and unscaling.
+    // Data-parallel: a backward through SyncBatchNorm talks to the other ranks.
+    (loss * scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
+    crate::distributed::average_gradients(opt.params.iter().map(|(_, p, _, _)| p))?;
+    // The official loop clips here (on the averaged gradients), before the scaler's inf check and unscaling.
     opt.clip_grad_norm();
     if scaler.enabled && !grads_finite(opt) {
         scaler.overflowed();
@@ -399,7 +462,7 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() {
+    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() || !crate::distributed::is_main() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar

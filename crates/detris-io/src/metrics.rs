@@ -22,7 +22,18 @@ pub fn iou(intersection: u64, union: u64) -> f64 {
     intersection as f64 / (union as f64 + 1e-6)
 }
 
-/// `(Σ(pred ∧ gt), Σ(pred ∨ gt))` of two flattened masks of the same resolution.
+/// (intersection, union) pixel counts of a prediction and its ground truth
+/// (equal lengths).
+pub fn counts(pred: &[bool], gt: &[bool]) -> (u64, u64) {
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (&p, &g) in pred.iter().zip(gt) {
+        inter += u64::from(p && g);
+        union += u64::from(p || g);
+    }
+    (inter, union)
+}
+
+/// [`counts`], refusing masks of different sizes.
 pub fn intersection_union(pred: &[bool], gt: &[bool]) -> Result<(u64, u64)> {
     if pred.len() != gt.len() {
         return Err(Error::input(format!(
@@ -31,12 +42,7 @@ pub fn intersection_union(pred: &[bool], gt: &[bool]) -> Result<(u64, u64)> {
             gt.len()
         )));
     }
-    let (mut inter, mut union) = (0u64, 0u64);
-    for (&p, &g) in pred.iter().zip(gt) {
-        inter += u64::from(p && g);
-        union += u64::from(p || g);
-    }
-    Ok((inter, union))
+    Ok(counts(pred, gt))
 }
 
 /// Running totals over the evaluated sentences.

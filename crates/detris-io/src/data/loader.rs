@@ -202,7 +202,12 @@ impl Loader {
 
     /// The batches of epoch `epoch`, loaded in the background.
     pub fn epoch(&self, epoch: u64) -> Batches {
-        let plan = self.plan(epoch);
+        self.run_plan(self.plan(epoch))
+    }
+
+    /// The batches of any plan (e.g. one rank's share of an epoch), loaded
+    /// in the background.
+    pub fn run_plan(&self, plan: Plan) -> Batches {
         let total = plan.len();
         let (sender, receiver) = sync_channel(self.opts.prefetch.max(1));
         let job = Job {
