@@ -85,7 +85,7 @@ pub struct Timings {
     pub postprocess: f64,
 }
 
-/// [`Segmenter::segment_cancellable`] stopped because its `should_stop` said so.
+/// What [`Segmenter::segment_until`] returns when its `stop` said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cancelled;
 
@@ -295,17 +295,17 @@ impl Segmenter {
     /// Segments every sentence on one photo. The text-independent part of the image encoder
     /// runs once (see [`Detris::forward_sentences`]).
     pub fn segment(&self, photo: &Rgb, sentences: &[impl AsRef<str>]) -> Result<Vec<SentenceMask>> {
-        self.segment_cancellable(photo, sentences, || false)
+        self.segment_until(photo, sentences, || false)
     }
 
-    /// [`Self::segment`], asking `should_stop` before the model runs and between sentences;
-    /// when it answers true the call returns a [`Cancelled`] error (find it with
-    /// `err.downcast_ref::<Cancelled>()`).
-    pub fn segment_cancellable(
+    /// [`Self::segment`], asking `stop` before the model runs and before each sentence's
+    /// post-processing; when it answers true the call returns a [`Cancelled`] error (find it
+    /// with `err.downcast_ref::<Cancelled>()`). The server's worker passes "the client gave up".
+    pub fn segment_until(
         &self,
         photo: &Rgb,
         sentences: &[impl AsRef<str>],
-        should_stop: impl Fn() -> bool,
+        stop: impl Fn() -> bool,
     ) -> Result<Vec<SentenceMask>> {
         if sentences.is_empty() {
             bail!("no sentence given");
@@ -316,7 +316,7 @@ impl Segmenter {
         let t0 = Instant::now();
         let (chw, letterbox) = image::preprocess(photo, cfg.input_size);
         let t1 = Instant::now();
-        if should_stop() {
+        if stop() {
             return Err(Cancelled.into());
         }
         let logits = self.forward(&chw, &tokens.iter().map(|t| t.ids.clone()).collect::<Vec<_>>())?;
@@ -324,7 +324,7 @@ impl Segmenter {
         let k = sentences.len();
         let mut out = Vec::with_capacity(k);
         for (i, (sentence, tok)) in sentences.iter().zip(tokens).enumerate() {
-            if should_stop() {
+            if stop() {
                 return Err(Cancelled.into());
             }
             let t3 = Instant::now();

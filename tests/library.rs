@@ -82,14 +82,14 @@ fn cancellation_is_asked_between_sentences() {
     let asked = Cell::new(0);
     // Stop at the third question: before the model, before sentence 1, before sentence 2.
     let e = seg
-        .segment_cancellable(&photo, &[SENTENCE, "the big square", "the small circle"], || {
+        .segment_until(&photo, &[SENTENCE, "the big square", "the small circle"], || {
             asked.set(asked.get() + 1);
             asked.get() == 3
         })
         .unwrap_err();
     assert_eq!(e.downcast_ref::<Cancelled>(), Some(&Cancelled));
     assert_eq!(asked.get(), 3);
-    let all = seg.segment_cancellable(&photo, &[SENTENCE, "the big square"], || false).unwrap();
+    let all = seg.segment_until(&photo, &[SENTENCE, "the big square"], || false).unwrap();
     let plain = seg.segment(&photo, &[SENTENCE, "the big square"]).unwrap();
     assert_eq!(all.iter().map(|r| &r.mask).collect::<Vec<_>>(), plain.iter().map(|r| &r.mask).collect::<Vec<_>>());
 }
