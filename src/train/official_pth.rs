@@ -3,7 +3,7 @@
 //! 'scheduler'}` with `module.`-prefixed keys in the official order, the Adam
 //! state indexed by position in the two official parameter groups, and the
 //! MultiStepLR state. The official `test.py`, `demo.py` and `train.py
-//! --resume` load what [`save`] writes; [`resume`] continues an official run.
+//! --resume` load what [`save`] writes; `Trainer::resume_official` continues an official run.
 
 use std::path::Path;
 
