@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use detris::model::{Ctx, Levers, Trace};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 fn run(kind: Kind, levers: Levers, tol: f64) {
     let io = read_st("tiny/io.safetensors");
@@ -58,9 +58,10 @@ fn f32_forward_matches_reference_within_1e4() {
     }
 }
 
-/// bf16 and f16 weights and activations (the fast inference precisions on
-/// GPUs): the logits' relative L2 error against the f64 reference. Their
-/// 8- and 11-bit mantissas round every value at 4e-3 and 5e-4 relative, and
+/// bf16 and f16 weights and activations (bf16: the fast inference precision
+/// on CPUs with bf16 matrix units and on GPUs), in every mode and each lever
+/// alone: the logits' relative L2 error against the f64 reference. Their 8-
+/// and 11-bit mantissas round every value at 4e-3 and 5e-4 relative, and
 /// some 30 layers compound that: measured on CPU, bf16 2.1–2.8e-2, f16
 /// 0.9–1.7e-3, f32 1e-6. The bounds are about 3× the half figures (GPU
 /// kernels accumulate differently), and f32 keeps the parity bound.
@@ -73,13 +74,41 @@ fn half_precision_forward_is_close_to_reference() {
         let model = tiny_model_on(tiny_config(), kind, device);
         let img = io["input.img"].to_kind(kind).to_device(device);
         let ids = io["input.word"].to_device(device);
-        for (name, levers) in [("plain", Levers::PLAIN), ("fast", Levers::FAST)] {
+        for levers in every_mode() {
             let ctx = Ctx { train: false, levers, trace: None };
             let logits = tch::no_grad(|| model.forward(&img, &ids, &ctx));
             assert_eq!(logits.kind(), kind, "the forward stays in {kind:?}");
             let err = rel_l2(&logits, reference);
-            eprintln!("{kind:?} {name} on {device:?}: relative L2 error {err:e}");
-            assert!(err.is_finite() && err <= tol, "{kind:?} {name}: relative L2 error {err:e} > {tol:e}");
+            eprintln!("{kind:?} {levers:?} on {device:?}: relative L2 error {err:e}");
+            assert!(err.is_finite() && err <= tol, "{kind:?} {levers:?}: relative L2 error {err:e} > {tol:e}");
         }
     }
+}
+
+/// In bf16 the model keeps f32 where it matters by libtorch's own kernels:
+/// LayerNorm's mean and variance and softmax's sums are accumulated in f32
+/// and only the outputs rounded to bf16. Checked on inputs where bf16
+/// accumulation would fail: 768 features around 100 (their bf16 sum, ~77 000,
+/// has a spacing of 512) and 1029 attention logits. Each output must be
+/// within 2 bf16 roundings (2 · 2^-8 relative, plus 2^-8 absolute for
+/// LayerNorm's outputs near 0) of the f64 result on the same bf16 inputs.
+#[test]
+fn bf16_layernorm_and_softmax_accumulate_in_f32() {
+    let device = test_device();
+    tch::manual_seed(0);
+    let x = (Tensor::randn([4, 1029, 768], (Kind::Float, device)) + 100.0).to_kind(Kind::BFloat16);
+    let (w, b) = (Tensor::ones([768], (Kind::BFloat16, device)), Tensor::zeros([768], (Kind::BFloat16, device)));
+    let ours = x.layer_norm([768], Some(&w), Some(&b), 1e-6, true).to_kind(Kind::Double);
+    let x64 = x.to_kind(Kind::Double);
+    let mean = x64.mean_dim(-1, true, Kind::Double);
+    let var = (&x64 - &mean).square().mean_dim(-1, true, Kind::Double);
+    let exact = (&x64 - &mean) / (var + 1e-6).sqrt();
+    let excess = ((&ours - &exact).abs() - exact.abs() * 2.0 / 256.0 - 1.0 / 256.0).max().double_value(&[]);
+    assert!(excess <= 0.0, "bf16 LayerNorm is off by more than its output rounding ({excess:e} beyond)");
+
+    let logits = (Tensor::randn([12, 1029, 1029], (Kind::Float, device)) * 4.0).to_kind(Kind::BFloat16);
+    let ours = logits.softmax(-1, Kind::BFloat16).to_kind(Kind::Double);
+    let exact = logits.to_kind(Kind::Double).softmax(-1, Kind::Double);
+    let excess = ((&ours - &exact).abs() - exact * 2.0 / 256.0).max().double_value(&[]);
+    assert!(excess <= 0.0, "bf16 softmax is off by more than its output rounding ({excess:e} beyond)");
 }

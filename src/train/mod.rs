@@ -5,4 +5,5 @@ pub mod adam;
 pub mod checkpoint;
 pub mod data;
 pub mod official_yaml;
+pub mod precision;
 pub mod trainer;
