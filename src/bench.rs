@@ -218,7 +218,8 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let ids = random_ids(&cfg, b * k, device);
         let ctx = Ctx { train: false, levers, trace: None };
         let shared = case.mode == BenchMode::Fast;
-        let sentence_batch = case.sentence_batch.map_or(crate::model::detris::sentence_batch(device), |n| n as i64);
+        let sentence_batch =
+            case.sentence_batch.map_or(crate::model::detris::sentence_batch(device, kind), |n| n as i64);
         Box::new(move || {
             tch::no_grad(|| {
                 let _out = if b > 1 {

@@ -112,3 +112,35 @@ fn bf16_layernorm_and_softmax_accumulate_in_f32() {
     let excess = ((&ours - &exact).abs() - exact * 2.0 / 256.0).max().double_value(&[]);
     assert!(excess <= 0.0, "bf16 softmax is off by more than its output rounding ({excess:e} beyond)");
 }
+
+/// The shipped model on its example picture: the masks in bf16 (what
+/// `--precision auto` picks on a CPU with bf16 units) against f32, per
+/// sentence. IoU ≥ 0.98: bf16 moves the logits by ~2e-2 relative (above),
+/// which can flip only pixels whose probability is within a few hundredths
+/// of the threshold, a thin band along the outline (measured 0.994–0.997 on
+/// these three objects of 500–2400 px; a 206-px triangle gave 0.986, where
+/// 3 pixels are 1.5%, too close to the bound to test on other CPUs' kernels).
+#[test]
+fn shipped_model_masks_in_bf16_match_f32_on_the_example() {
+    use detris::segment::Segmenter;
+    use detris::weights::{self, ConfigChoice, WeightFiles};
+    let files = WeightFiles { checkpoint: Some(detris::shipped::default_checkpoint().unwrap()), ..Default::default() };
+    let photo = detris_io::image::load_rgb(concat!(env!("CARGO_MANIFEST_DIR"), "/models/example.png")).unwrap();
+    let sentences = ["the shape left of the big square", "the big square", "the red circle"].map(String::from);
+    let masks = |kind: Kind| {
+        let mut model = weights::load_model(&files, &ConfigChoice::default(), test_device()).unwrap();
+        if kind != Kind::Float {
+            model.vs.set_kind(kind);
+        }
+        Segmenter::new(model).segment(&photo, &sentences).unwrap()
+    };
+    let (f32_masks, bf16_masks) = (masks(Kind::Float), masks(Kind::BFloat16));
+    for (a, b) in f32_masks.iter().zip(&bf16_masks) {
+        let inter = a.mask.iter().zip(&b.mask).filter(|(x, y)| **x && **y).count();
+        let union = a.mask.iter().zip(&b.mask).filter(|(x, y)| **x || **y).count();
+        assert!(union > 0, "{:?}: an empty mask in both precisions tests nothing", a.sentence);
+        let iou = inter as f64 / union as f64;
+        eprintln!("{:?}: f32 {} px, bf16 {} px, IoU {iou:.4}", a.sentence, a.area, b.area);
+        assert!(iou >= 0.98, "{:?}: bf16 mask IoU {iou:.4} against f32", a.sentence);
+    }
+}
