@@ -57,7 +57,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     };
     let photo = image::load_rgb(&a.image).map_err(|e| super::usage(e.to_string()))?;
     image::check_min_side(&photo).map_err(|e| super::usage(format!("{}: {e}", a.image.display())))?;
-    let model = a.model.load_in(&a.precision.precision)?;
+    let model = a.model.load_in(a.precision.precision)?;
     let word_len = model.config.word_len;
     let mut seg = Segmenter::new(model);
     seg.post = post;

@@ -78,8 +78,8 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let options = a.limits.options(a.bind)?;
-    let (model, precision) = (a.model.clone(), a.precision.precision.clone());
-    let running = serve::spawn(move || model.load_in(&precision), options)?;
+    let (model, precision) = (a.model.clone(), a.precision.precision);
+    let running = serve::spawn(move || model.load_in(precision), options)?;
     let info = &running.info;
     eprintln!(
         "detris serve: {} ({}×{} input, word length {}, {} {}) on http://{}/",
@@ -122,8 +122,8 @@ pub struct ServeLoadArgs {
 pub fn run_load(a: ServeLoadArgs) -> Result<()> {
     let image = std::fs::read(&a.image).with_context(|| format!("{}: cannot read", a.image.display()))?;
     let options = a.limits.options(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let (model, precision) = (a.model.clone(), a.precision.precision.clone());
-    let running = serve::spawn(move || model.load_in(&precision), options)?;
+    let (model, precision) = (a.model.clone(), a.precision.precision);
+    let running = serve::spawn(move || model.load_in(precision), options)?;
     let opts = load::LoadOptions {
         requests: a.requests,
         concurrency: a.concurrency,
