@@ -696,24 +696,22 @@ fn abandoned_request_frees_the_worker() {
         ..Limits::default()
     });
     let addr = running.addr();
-    // A photo big enough that each sentence's post-processing (back to the photo's size) is
-    // the bulk of the work.
-    let photo = detris_io::image::decode_rgb(&coffee(), "c").unwrap();
-    let (w, h) = photo.dimensions();
-    let big = image::imageops::resize(&photo, w * 2, h * 2, image::imageops::FilterType::Triangle);
-    let big = detris_io::image::rgb_png(&big).unwrap();
-    let (ct1, body1) = multipart(&big, &["the cup"]);
+    // Each sentence's post-processing (back to the photo's size) is the bulk of the work.
+    let photo = coffee();
+    let (ct1, body1) = multipart(&photo, &["the cup"]);
     let one = ok(&post(addr, &ct1, &body1));
     let sentence_ms = one.results[0].timings_ms.postprocess.max(1.0);
 
     let texts: Vec<String> = (0..sentences).map(|i| format!("the cup number {i}")).collect();
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-    let (ct, body) = multipart(&big, &refs);
+    let (ct, body) = multipart(&photo, &refs);
     let mut abandoned = TcpStream::connect(addr).unwrap();
     abandoned.write_all(&client::head(addr, "POST", "/v1/segment", Some(&ct), body.len())).unwrap();
     abandoned.write_all(&body).unwrap();
     let h = wait_health(addr, |h| h["worker"] == "busy");
     assert!(h["job_age_ms"].as_u64().is_some(), "{h}");
+    // Mid-way: a sentence and a half in.
+    std::thread::sleep(Duration::from_secs_f64(1.5 * sentence_ms / 1e3));
     drop(abandoned);
 
     let next = ok(&post(addr, &ct1, &body1));
