@@ -792,3 +792,30 @@ fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The README's limits table names every limit that error bodies quote and
+/// every flag of the limits struct.
+#[test]
+fn readme_limits_table_lists_every_limit_and_flag() {
+    use clap::Args;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: String = readme
+        .split("## Web demo and JSON API")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cmd = Limits::augment_args(clap::Command::new("serve"));
+    let flags: Vec<String> = cmd.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("`--{l}`")).collect();
+    assert!(flags.len() >= 16, "{flags:?}");
+    for flag in &flags {
+        assert!(table.contains(flag.as_str()), "the README's limits table lacks {flag}");
+    }
+    let openapi: serde_json::Value = serde_json::from_str(detris::serve::api::OPENAPI).unwrap();
+    for limit in openapi["components"]["schemas"]["Error"]["properties"]["limit"]["enum"].as_array().unwrap() {
+        let name = format!("`{}`", limit.as_str().unwrap());
+        assert!(table.contains(&name), "the README's limits table lacks {name}");
+    }
+}

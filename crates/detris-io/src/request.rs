@@ -93,7 +93,7 @@ pub const DEFAULT: Limits = Limits {
     max_body_bytes: 20 << 20,
     max_image_pixels: 25_000_000,
     max_image_side: image::MAX_SIDE,
-    max_work_pixels: 32_000_000,
+    max_work_pixels: 25_000_000,
     max_answer_bytes: 128 << 20,
     max_sentences: 16,
     max_sentence_chars: 1024,
