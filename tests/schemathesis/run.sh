@@ -17,7 +17,15 @@ log=$(mktemp)
 # The shipped model: no fixture needed.
 "$bin" serve --device cpu --bind 127.0.0.1:0 2>"$log" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
+# Stop the server on the way out, keeping schemathesis's exit status.
+stop() {
+  local rc=$?
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -f "$log"
+  exit "$rc"
+}
+trap stop EXIT
 addr=
 for _ in $(seq 600); do
   addr=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" | head -1 || true)
@@ -29,4 +37,4 @@ done
 echo "schemathesis: $addr/openapi.json, every check, $secs s"
 PYTHONPATH="tests/schemathesis${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks \
   "$venv/bin/st" run "$addr/openapi.json" --checks all --max-time "$secs" --workers 2 \
-  --request-timeout 60 --no-color
+  --request-timeout 60 --max-response-time 30 --no-color
