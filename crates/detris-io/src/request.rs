@@ -42,7 +42,7 @@ pub struct Limits {
     pub max_image_side: u32,
     /// Work budget of one request: photo pixels × sentences (413 `max_work_pixels`). The model's
     /// post-processing and the PNG answers grow with it; the default keeps the worst accepted
-    /// request to a few seconds of the worker (docs/bench/serve-work-budget.md).
+    /// request to a few seconds of the worker (docs/bench/2026-12-02-serve-work-budget.md).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT.max_work_pixels))]
     pub max_work_pixels: u64,
     /// Largest answer, bytes of base64 PNGs and RLE strings (413 `max_answer_bytes`).
@@ -70,21 +70,21 @@ pub struct Limits {
     #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT.max_connections))]
     pub max_connections: usize,
     /// Seconds from a request's first byte to the end of its headers; slower: the connection is closed.
-    #[cfg_attr(feature = "clap", arg(long = "header-timeout-secs", default_value_t = DEFAULT.header_timeout))]
+    #[cfg_attr(feature = "clap", arg(long = "header-timeout-secs", value_name = "SECS", default_value_t = DEFAULT.header_timeout))]
     pub header_timeout: Seconds,
     /// Seconds a connection may stay open with no request and nothing read or written; then it is closed.
-    #[cfg_attr(feature = "clap", arg(long = "idle-timeout-secs", default_value_t = DEFAULT.idle_timeout))]
+    #[cfg_attr(feature = "clap", arg(long = "idle-timeout-secs", value_name = "SECS", default_value_t = DEFAULT.idle_timeout))]
     pub idle_timeout: Seconds,
     /// Slowest accepted upload, bytes per second, once the grace period is over: a body must have
-    /// sent rate × (elapsed − grace) bytes at every moment (408 `min_upload_rate`).
+    /// sent rate × (elapsed − grace) bytes at every moment (408 `min_upload_rate`; 0: no minimum).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT.min_upload_rate))]
     pub min_upload_rate: u64,
     /// Seconds of an upload before the minimum rate applies.
-    #[cfg_attr(feature = "clap", arg(long = "upload-grace-secs", default_value_t = DEFAULT.upload_grace))]
+    #[cfg_attr(feature = "clap", arg(long = "upload-grace-secs", value_name = "SECS", default_value_t = DEFAULT.upload_grace))]
     pub upload_grace: Seconds,
     /// Seconds one request may take, upload included (408 `timeout_ms`); the model stops
     /// working on it at the next sentence.
-    #[cfg_attr(feature = "clap", arg(long = "timeout-secs", default_value_t = DEFAULT.timeout))]
+    #[cfg_attr(feature = "clap", arg(long = "timeout-secs", value_name = "SECS", default_value_t = DEFAULT.timeout))]
     pub timeout: Seconds,
 }
 
