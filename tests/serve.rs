@@ -473,6 +473,21 @@ fn uploads_in_progress_are_bounded_apart_from_the_queue() {
     let h = wait_health(addr, |h| h["uploads"] == 0);
     assert_eq!(h["in_flight"], 0, "{h}");
     running.stop().unwrap();
+
+    // Bytes held: a stalled upload counts with its Content-Length.
+    let room = body.len() + 100;
+    let running = start(Limits { max_body_bytes: room, max_buffered_bytes: room, ..Limits::default() });
+    let addr = running.addr();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(&client::head(addr, "POST", "/v1/segment", Some(&ct), body.len())).unwrap();
+    slow.write_all(&body[..1000]).unwrap();
+    wait_health(addr, |h| h["uploads"] == 1);
+    assert_error(&post(addr, &ct, &body), 503, Some("max_buffered_bytes"));
+    slow.write_all(&body[1000..]).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(client::read_response(&mut slow).unwrap().status, 200);
+    ok(&post(addr, &ct, &body));
+    running.stop().unwrap();
 }
 
 /// Polls /healthz until `cond` holds (for at most a minute).
@@ -693,18 +708,31 @@ fn abandoned_request_frees_the_worker() {
         max_sentences: sentences,
         max_work_pixels: u64::MAX,
         max_answer_bytes: usize::MAX,
+        max_body_bytes: 200 << 20,
+        max_buffered_bytes: 400 << 20,
+        max_image_pixels: detris_io::image::MAX_PIXELS,
         ..Limits::default()
     });
     let addr = running.addr();
-    // Each sentence's post-processing (back to the photo's size) is the bulk of the work.
-    let photo = coffee();
-    let (ct1, body1) = multipart(&photo, &["the cup"]);
-    let one = ok(&post(addr, &ct1, &body1));
-    let sentence_ms = one.results[0].timings_ms.postprocess.max(1.0);
-
+    // Each sentence's post-processing (back to the photo's size) is the bulk of the work: the
+    // photo grows until one sentence takes at least 100 ms (so that scheduling noise is small
+    // beside it, in debug and release builds alike).
+    let mut photo = detris_io::image::decode_rgb(&coffee(), "coffee.png").unwrap();
+    let (mut png, mut sentence_ms);
+    loop {
+        png = detris_io::image::rgb_png(&photo).unwrap();
+        let (ct1, body1) = multipart(&png, &["the cup"]);
+        sentence_ms = ok(&post(addr, &ct1, &body1)).results[0].timings_ms.postprocess;
+        if sentence_ms >= 100.0 || photo.width() >= 4000 {
+            break;
+        }
+        let (w, h) = photo.dimensions();
+        photo = image::imageops::resize(&photo, w * 2, h * 2, image::imageops::FilterType::Triangle);
+    }
+    let (ct1, body1) = multipart(&png, &["the cup"]);
     let texts: Vec<String> = (0..sentences).map(|i| format!("the cup number {i}")).collect();
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-    let (ct, body) = multipart(&photo, &refs);
+    let (ct, body) = multipart(&png, &refs);
     let mut abandoned = TcpStream::connect(addr).unwrap();
     abandoned.write_all(&client::head(addr, "POST", "/v1/segment", Some(&ct), body.len())).unwrap();
     abandoned.write_all(&body).unwrap();
@@ -716,7 +744,7 @@ fn abandoned_request_frees_the_worker() {
 
     let next = ok(&post(addr, &ct1, &body1));
     let queue_ms = next.timings_ms.queue;
-    // Without cancellation the wait is the rest of the 48 sentences (tens of sentence times);
+    // Without cancellation the wait is the rest of the 48 sentences (over 40 sentence times);
     // with it, the sentence under way. 8× leaves room for a loaded machine.
     assert!(
         queue_ms < 8.0 * sentence_ms,
