@@ -26,7 +26,7 @@ use detris_io::image::{PostPath, Rgb};
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::segment::{Segmenter, SentenceMask};
+use crate::segment::{Cancelled, Segmenter, SentenceMask};
 use crate::Detris;
 
 /// Every limit of the server, its flag and its default: one struct for the
@@ -278,11 +278,13 @@ where
 }
 
 /// Runs jobs one at a time until every sender is gone. A job whose request
-/// gave up (timeout, client gone) is skipped, or stopped at the next sentence;
+/// gave up (timeout, client gone) is answered [`Cancelled`] without running,
+/// or stopped at its next sentence;
 /// a panic inside libtorch answers that job with an error and keeps the worker alive.
 fn worker_loop(seg: &Segmenter, jobs: mpsc::Receiver<Job>, status: &WorkerStatus) {
     for job in jobs {
         if job.cancel.is_set() {
+            let _ = job.reply.send((Instant::now(), Err(Cancelled.into())));
             continue;
         }
         let started = Instant::now();
