@@ -14,6 +14,9 @@ if [ ! -x "$venv/bin/st" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
 fi
 log=$(mktemp)
+# schemathesis keeps a cache in its working directory: a scratch one, not the checkout.
+work=$(mktemp -d)
+hooks="$PWD/tests/schemathesis"
 # The shipped model: no fixture needed.
 "$bin" serve --device cpu --bind 127.0.0.1:0 2>"$log" &
 pid=$!
@@ -22,7 +25,7 @@ stop() {
   local rc=$?
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  rm -f "$log"
+  rm -rf "$log" "$work"
   exit "$rc"
 }
 trap stop EXIT
@@ -35,6 +38,7 @@ for _ in $(seq 600); do
 done
 [ -n "$addr" ] || { echo "detris serve printed no address in 60 s"; cat "$log"; exit 1; }
 echo "schemathesis: $addr/openapi.json, every check, $secs s"
-PYTHONPATH="tests/schemathesis${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks \
+cd "$work"
+PYTHONPATH="$hooks${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks \
   "$venv/bin/st" run "$addr/openapi.json" --checks all --max-time "$secs" --workers 2 \
   --request-timeout 60 --max-response-time 30 --no-color
