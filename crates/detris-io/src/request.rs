@@ -499,4 +499,23 @@ mod tests {
         let (ct, body) = form(&[("image", Some("cut.png"), &img[..img.len() / 2]), ("text", None, b"a")]);
         check(&ct, &body, 400, None, "cut.png");
     }
+
+    #[test]
+    fn limits_that_cannot_hold_are_refused_naming_the_flag() {
+        assert_eq!(DEFAULT.check(), Ok(()));
+        let bad = |l: Limits, flag: &str| {
+            let e = l.check().unwrap_err();
+            assert!(e.contains(flag), "`{e}` lacks {flag}");
+        };
+        bad(Limits { queue: 0, ..DEFAULT }, "--queue");
+        bad(Limits { max_image_side: image::MAX_SIDE + 1, ..DEFAULT }, "--max-image-side");
+        bad(Limits { max_sentence_chars: MAX_TEXT_BYTES / 4 + 1, ..DEFAULT }, "--max-sentence-chars");
+        bad(Limits { max_buffered_bytes: DEFAULT.max_body_bytes - 1, ..DEFAULT }, "--max-body-bytes");
+        bad(Limits { idle_timeout: Seconds::from_secs(0), ..DEFAULT }, "--idle-timeout-secs");
+        assert_eq!("0.25".parse::<Seconds>(), Ok(Seconds::from_millis(250)));
+        assert_eq!(Seconds::from_millis(1500).to_string(), "1.5");
+        for nonsense in ["-1", "abc", "inf", "NaN", ""] {
+            assert!(nonsense.parse::<Seconds>().is_err(), "{nonsense}");
+        }
+    }
 }
