@@ -40,6 +40,18 @@ pub struct Timings {
     pub postprocess: f64,
 }
 
+/// What [`Segmenter::segment_until`] returns when its `stop` said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped before the end: the caller gave up")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
 pub struct Segmenter {
     pub model: Detris,
     /// `Test` (test.py: sigmoid, bicubic) or `Demo` (demo.py: bilinear logits).
@@ -60,6 +72,19 @@ impl Segmenter {
     /// Segments every sentence on one photo. The text-independent part of
     /// the image encoder runs once (see [`Detris::forward_sentences`]).
     pub fn segment(&self, photo: &Rgb, sentences: &[String]) -> Result<Vec<SentenceMask>> {
+        self.segment_until(photo, sentences, &|| false)
+    }
+
+    /// [`Segmenter::segment`] that asks `stop` before the model and before and
+    /// after each sentence's post-processing (the part that grows with the
+    /// photo), and returns [`Cancelled`] as soon as it says true.
+    pub fn segment_until(
+        &self,
+        photo: &Rgb,
+        sentences: &[String],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<SentenceMask>> {
+        let check = || if stop() { Err(Cancelled) } else { Ok(()) };
         if sentences.is_empty() {
             bail!("no sentence given");
         }
@@ -69,13 +94,16 @@ impl Segmenter {
         let t0 = Instant::now();
         let (chw, letterbox) = image::preprocess(photo, cfg.input_size);
         let t1 = Instant::now();
+        check()?;
         let logits = self.forward(&chw, &tokens.iter().map(|t| t.ids.clone()).collect::<Vec<_>>())?;
         let t2 = Instant::now();
         let k = sentences.len();
         let mut out = Vec::with_capacity(k);
         for (i, (sentence, tok)) in sentences.iter().zip(tokens).enumerate() {
             let t3 = Instant::now();
+            check()?;
             let prob = self.postprocess(&logits, i, &letterbox)?;
+            check()?;
             let area = prob.mask.iter().filter(|&&m| m).count();
             // Confidence inside the mask (the photo-wide mean is mostly background).
             let inside: f64 = prob.prob.iter().zip(&prob.mask).filter(|(_, &m)| m).map(|(&p, _)| p as f64).sum();
