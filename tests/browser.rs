@@ -217,7 +217,7 @@ fn page_segments_an_uploaded_photo_in_chromium() {
     cdp.wait_for(s, "document.readyState === 'complete' && !!document.getElementById('go')", Duration::from_secs(30))
         .unwrap();
     // The model line comes from GET /v1/model; the input size is the fixture config's.
-    let input_size = detris::DetrisConfig::from_json_file(&fixtures::path("tiny/config.json")).unwrap().input_size;
+    let input_size = detris::weights::read_config_file(&fixtures::path("tiny/config.json")).unwrap().input_size;
     cdp.wait_for(
         s,
         &format!("document.getElementById('model').textContent.includes('{input_size} px')"),

@@ -32,7 +32,7 @@ fn config() -> PathBuf {
 }
 /// The fixture model's config: every size the tests compare with comes from it.
 fn tiny_config() -> detris::DetrisConfig {
-    detris::DetrisConfig::from_json_file(&config()).unwrap()
+    detris::weights::read_config_file(&config()).unwrap()
 }
 fn coffee() -> Vec<u8> {
     std::fs::read(fixtures::images_dir().join("coffee.png")).unwrap()
