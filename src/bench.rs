@@ -13,9 +13,40 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
-use crate::device::{parse_device, precision_kind};
+use crate::device::{DeviceArg, Precision};
 use crate::model::init::randomise;
-use crate::model::{Ctx, Detris, Levers};
+use crate::model::{Ctx, Detris, Lever, Levers};
+
+/// Which computation a case times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchMode {
+    /// The official computation, one full pass per sentence.
+    Plain,
+    /// The levers that measured faster ([`Levers::FAST`]); the
+    /// text-independent blocks shared by the sentences.
+    Fast,
+    /// The plain mode plus one lever.
+    Only(Lever),
+}
+
+impl BenchMode {
+    pub fn levers(self) -> Levers {
+        match self {
+            BenchMode::Plain => Levers::PLAIN,
+            BenchMode::Fast => Levers::FAST,
+            BenchMode::Only(lever) => lever.alone(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchMode::Plain => "plain",
+            BenchMode::Fast => "fast",
+            BenchMode::Only(lever) => lever.name(),
+        }
+    }
+}
 
 /// One measured configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -24,18 +55,19 @@ pub struct BenchCase {
     pub input_size: usize,
     /// Sentences about the one image (inference, batch 1).
     pub sentences: usize,
-    /// `plain` (the official computation, one full pass per sentence), `fast`
-    /// (the levers that measured faster, [`Levers::FAST`]; the text-independent
-    /// blocks shared by the sentences), or
-    /// one lever's name (the plain mode plus that lever, see [`Levers::named`]).
-    pub mode: String,
+    pub mode: BenchMode,
     pub threads: i32,
-    pub device: String,
-    /// `f32`, `f16` or `bf16`: the weights' type at inference, autocast's in training.
-    pub precision: String,
+    pub device: DeviceArg,
+    /// The weights' and activations' type at inference, autocast's in
+    /// training (never `auto`: the bench resolves it first).
+    pub precision: Precision,
     /// Images per pass (each with one sentence).
     #[serde(default = "one")]
     pub batch: usize,
+    /// Sentences per pass for K sentences in the fast mode (None: the device's
+    /// default, [`crate::model::detris::sentence_batch`]).
+    #[serde(default)]
+    pub sentence_batch: Option<usize>,
     /// A training step (forward, loss, backward, Adam) instead of inference.
     #[serde(default)]
     pub train: bool,
@@ -78,22 +110,16 @@ pub fn peak_rss() -> u64 {
 }
 
 impl BenchCase {
-    pub fn levers(&self) -> Result<Levers> {
-        match self.mode.as_str() {
-            "plain" => Ok(Levers::PLAIN),
-            "fast" => Ok(Levers::FAST),
-            name => Levers::named().into_iter().find(|(n, _)| *n == name).map(|(_, l)| l).with_context(|| {
-                let names: Vec<&str> = Levers::named().iter().map(|(n, _)| *n).collect();
-                format!("unknown bench mode `{name}`: use plain, fast or one of {}", names.join(", "))
-            }),
-        }
-    }
-
-    /// A short label for the table: the task and, on CUDA, cuDNN's state.
+    /// A short label for the table: the task, the mode, how K sentences
+    /// were batched and, on CUDA, cuDNN's state.
     pub fn label(&self) -> String {
         let task = if self.train { "train" } else { "infer" };
-        let cudnn = if self.device != "cpu" && !self.cudnn { " -cudnn" } else { "" };
-        format!("{task} {}{cudnn}", self.mode)
+        let batched = match self.sentence_batch {
+            Some(n) if n > 1 => format!(" ({n} a pass)"),
+            _ => String::new(),
+        };
+        let cudnn = if self.device != DeviceArg::Cpu && !self.cudnn { " -cudnn" } else { "" };
+        format!("{task} {}{batched}{cudnn}", self.mode.name())
     }
 }
 
@@ -117,7 +143,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     if case.threads > 0 {
         tch::set_num_threads(case.threads);
     }
-    let device = parse_device(&case.device)?;
+    let device = case.device.open()?;
     if case.batch == 0 || case.sentences == 0 {
         anyhow::bail!("a bench case needs at least one image and one sentence");
     }
@@ -138,14 +164,14 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     cfg.validate()?;
     let mut model = Detris::new(cfg.clone(), device)?;
     randomise(&model, 0);
-    let kind = precision_kind(&case.precision)?;
+    let kind = case.precision.kind().context("a bench case's precision is resolved before it runs")?;
     let s = cfg.input_size as i64;
     let b = case.batch as i64;
-    let levers = case.levers()?;
+    let levers = case.mode.levers();
     let mut pass: Box<dyn FnMut() -> Result<()> + '_> = if case.train {
         // The official recipe: backbones frozen, adapters, neck, decoder and
         // projector trained; the precision is autocast's.
-        let mut precision = crate::train::trainer::Precision::new(&case.precision, device)?;
+        let mut precision = crate::train::precision::MixedPrecision::new(case.precision, device)?;
         let trainable: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         let mut opt = crate::train::adam::Adam::new(trainable, 1e-4);
@@ -168,13 +194,15 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let img = Tensor::randn([b, 3, s, s], (kind, device));
         let ids = random_ids(&cfg, b * k, device);
         let ctx = Ctx { train: false, levers, trace: None };
-        let shared = case.mode == "fast";
+        let shared = case.mode == BenchMode::Fast;
+        let sentence_batch =
+            case.sentence_batch.map_or(crate::model::detris::sentence_batch(device, kind), |n| n as i64);
         Box::new(move || {
             tch::no_grad(|| {
                 let _out = if b > 1 {
                     model.forward(&img, &ids, &ctx)
                 } else if shared {
-                    model.forward_sentences(&img, &ids, &ctx)
+                    model.forward_sentences_batched(&img, &ids, sentence_batch, &ctx)
                 } else {
                     // The other modes run one full pass per sentence, as the official code.
                     let outs: Vec<Tensor> = (0..k).map(|i| model.forward(&img, &ids.narrow(0, i, 1), &ctx)).collect();
@@ -263,8 +291,8 @@ pub fn matmul_gflops(m: i64, k: i64, n: i64, kind: Kind, device: Device) -> f64 
 fn baseline<'a>(results: &'a [BenchResult], c: &BenchCase) -> Option<&'a BenchResult> {
     results.iter().find(|p| {
         let q = &p.case;
-        q.mode == "plain"
-            && q.precision == "f32"
+        q.mode == BenchMode::Plain
+            && q.precision == Precision::F32
             && q.variant == c.variant
             && q.input_size == c.input_size
             && q.sentences == c.sentences
@@ -277,7 +305,7 @@ fn baseline<'a>(results: &'a [BenchResult], c: &BenchCase) -> Option<&'a BenchRe
 /// Prints one line per result; `peak_gflops` (the machine's matrix-product
 /// rate, per precision) adds a "% of peak" column. Training GFLOP counts a
 /// step as 2 forwards (the frozen backbones need input gradients only).
-pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(&str) -> Option<f64>) {
+pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(Precision) -> Option<f64>) {
     println!(
         "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>8} {:>6}",
         "variant",
@@ -301,7 +329,7 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(&str) -> Option
         let per_image = gflop_per_image(&c.variant, c.input_size) * if c.train { 2.0 } else { 1.0 };
         let gflops = per_image * r.per_second();
         let of_peak =
-            peak_gflops(&c.precision).map(|p| format!("{:.1}", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
+            peak_gflops(c.precision).map(|p| format!("{:.1}", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
         let gpu = r.peak_gpu.map(|g| format!("{:.0}", g as f64 / 1e6)).unwrap_or_else(|| "-".into());
         println!(
             "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>8.0} {:>8} {:>6}",
@@ -310,7 +338,7 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(&str) -> Option
             c.sentences,
             c.batch,
             c.label(),
-            c.precision,
+            c.precision.to_string(),
             r.median_s,
             r.per_second(),
             gflops,

@@ -200,7 +200,7 @@ impl SegmenterBuilder {
         self
     }
 
-    /// `Kind::Float` (default), or on CUDA `Kind::BFloat16` / `Kind::Half`.
+    /// `Kind::Float` (default), `Kind::BFloat16` or `Kind::Half`.
     pub fn precision(mut self, kind: Kind) -> Self {
         self.precision = kind;
         self
@@ -250,11 +250,8 @@ fn load_model(mut files: WeightFiles, choice: &ConfigChoice, device: Option<Devi
         Some(Device::Cuda(n)) => crate::device::parse_device(&format!("cuda:{n}"))?,
         Some(d) => d,
     };
-    match kind {
-        Kind::Float => {}
-        Kind::BFloat16 | Kind::Half if device != Device::Cpu => {}
-        Kind::BFloat16 | Kind::Half => bail!("precision {kind:?} needs a CUDA device (on CPU detris runs in f32)"),
-        other => bail!("precision {other:?}: use Float, or on CUDA BFloat16 or Half"),
+    if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
+        bail!("precision {kind:?}: use Float, BFloat16 or Half");
     }
     if files.checkpoint.is_none() && files.dinov2.is_none() && files.clip.is_none() {
         files.checkpoint = Some(crate::shipped::default_checkpoint()?);

@@ -40,8 +40,8 @@ fn threshold_and_probabilities_give_consistent_masks() {
 fn bad_options_are_named() {
     let e = shipped().threshold(1.5).build().unwrap_err().to_string();
     assert!(e.contains("threshold 1.5"), "{e}");
-    let e = shipped().precision(detris::Kind::BFloat16).build().unwrap_err().to_string();
-    assert!(e.contains("needs a CUDA device"), "{e}");
+    let e = shipped().precision(detris::Kind::Int64).build().unwrap_err().to_string();
+    assert!(e.contains("precision Int64"), "{e}");
     let e = shipped().checkpoint("/no/such/file.pth").build().unwrap_err().to_string();
     assert!(e.contains("/no/such/file.pth"), "{e}");
     let seg = shipped().build().unwrap();

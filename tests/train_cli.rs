@@ -343,7 +343,7 @@ fn precisions_a_device_cannot_train_in_are_refused_before_any_work() {
     let dir = scratch("bad-precision");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let (data, cfg, out) = (dir.join("data"), dir.join("no-config.json"), dir.join("run"));
-    for (precision, says) in [("bf16", "not available on Cpu"), ("fp8", "fp8")] {
+    for (precision, says) in [("f16", "not available on Cpu"), ("fp8", "invalid value")] {
         let o = detris_unchecked(&train_args(&data, &cfg, &out, &["--precision", precision]));
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "--precision {precision}:\n{stderr}");
@@ -413,7 +413,7 @@ fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) 
         lr_decay,
         batch_size: 1,
         seed: 0,
-        precision: "f32".into(),
+        precision: detris::device::Precision::F32,
         max_steps: None,
         save_every: None,
         train_backbones: false,

@@ -62,7 +62,7 @@ impl DistArgs {
     /// Starts the ranks (--nproc-per-node), or joins the group the
     /// launcher's variables describe, or neither. `device` may be moved to
     /// `cuda:LOCAL_RANK`.
-    pub fn enter(&self, device: &mut String) -> Result<Role> {
+    pub fn enter(&self, device: &mut detris::device::DeviceArg) -> Result<Role> {
         if !(self.dist_timeout > 0.0 && self.dist_timeout.is_finite()) {
             return Err(super::usage(format!(
                 "--dist-timeout {}: must be a positive number of seconds",
@@ -83,8 +83,8 @@ impl DistArgs {
                 "--backend nccl: this detris is built with the Gloo backend only (Gloo also carries CUDA tensors); use --backend gloo or auto",
             ));
         }
-        if device.starts_with("cuda") {
-            *device = format!("cuda:{}", l.local_rank);
+        if let detris::device::DeviceArg::Cuda(_) = device {
+            *device = detris::device::DeviceArg::Cuda(l.local_rank);
         }
         distributed::init(&l)?;
         Ok(Role::Rank)

@@ -90,7 +90,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     if !a.data.is_dir() {
         return Err(super::usage(format!("--data {}: no such folder", a.data.display())));
     }
-    let model = a.model.load_in(&a.precision.precision)?;
+    let model = a.model.load_in(a.precision.precision)?;
     let mut reports = Vec::new();
     for split in &a.split {
         let spec = DataSpec {

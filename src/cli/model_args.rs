@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use detris::device::{DeviceArg, Precision};
 use detris::weights::{ConfigChoice, WeightFiles};
 use detris::Detris;
 
@@ -30,7 +31,7 @@ pub struct ModelArgs {
     pub word_len: Option<usize>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceArg,
     /// CPU threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
@@ -42,10 +43,11 @@ pub struct ModelArgs {
 /// `--precision` of the commands that only run the model forward.
 #[derive(Args, Clone, Debug)]
 pub struct InferencePrecision {
-    /// f32, or on CUDA bf16 / f16: weights and activations in half
-    /// precision, about half the memory and several times the speed.
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
+    /// f32; bf16 (CPU or CUDA) or f16 (CUDA): weights and activations in
+    /// half precision, half the memory and, with bf16 matrix units, faster;
+    /// auto: bf16 where the hardware has bf16 matrix units, else f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl ModelArgs {
@@ -65,16 +67,17 @@ impl ModelArgs {
 
     /// The model in f32.
     pub fn load(&self) -> Result<Detris> {
-        self.load_in("f32")
+        self.load_in(Precision::F32)
     }
 
-    /// The model with its floating-point weights in `precision`.
-    pub fn load_in(&self, precision: &str) -> Result<Detris> {
+    /// The model with its floating-point weights in `precision` (`auto` resolved for the device).
+    pub fn load_in(&self, precision: Precision) -> Result<Detris> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
-        let device = detris::device::parse_device(&self.device).map_err(|e| super::usage(e.to_string()))?;
-        let kind = detris::device::inference_kind(precision, device).map_err(|e| super::usage(e.to_string()))?;
+        let device = self.device.open().map_err(|e| super::usage(e.to_string()))?;
+        let precision = precision.for_inference(device).map_err(|e| super::usage(e.to_string()))?;
+        let kind = precision.kind().expect("a resolved precision");
         let files =
             WeightFiles { checkpoint: self.checkpoint.clone(), dinov2: self.dinov2.clone(), clip: self.clip.clone() };
         // The library's loading: the shipped model when no weights are named.

@@ -91,7 +91,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         }
         None => None,
     };
-    let model = a.model.load_in(&a.precision.precision)?;
+    let model = a.model.load_in(a.precision.precision)?;
     let seg = Segmenter::builder()
         .model(model)
         .post(post)

@@ -1,6 +1,5 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -9,29 +8,11 @@ use detris_io::image::PostPath;
 
 use super::model_args::{InferencePrecision, ModelArgs};
 
+/// The server's limits (each field of [`Limits`] is a flag) and post-processing.
 #[derive(Args, Clone)]
 pub struct LimitArgs {
-    /// Requests in flight (reading, waiting for the model, running) before 503 + Retry-After.
-    #[arg(long, default_value_t = Limits::default().queue)]
-    queue: usize,
-    /// Largest request body, bytes.
-    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
-    max_body_bytes: usize,
-    /// Largest photo, width × height pixels (checked from the header before decoding).
-    #[arg(long, default_value_t = Limits::default().max_image_pixels)]
-    max_image_pixels: u64,
-    /// Most sentences per request.
-    #[arg(long, default_value_t = Limits::default().max_sentences)]
-    max_sentences: usize,
-    /// Longest sentence, UTF-8 bytes.
-    #[arg(long, default_value_t = Limits::default().max_sentence_bytes)]
-    max_sentence_bytes: usize,
-    /// Longest sentence, CLIP tokens with SOT and EOT (longer than the word length is cut and flagged).
-    #[arg(long, default_value_t = Limits::default().max_sentence_tokens)]
-    max_sentence_tokens: usize,
-    /// Request timeout in seconds, upload included (408).
-    #[arg(long, default_value_t = Limits::default().timeout.as_secs_f64())]
-    timeout_secs: f64,
+    #[command(flatten)]
+    limits: Limits,
     /// Post-processing path: `test` (official test.py) or `demo` (demo.py).
     #[arg(long, default_value = "test")]
     post: String,
@@ -46,22 +27,8 @@ impl LimitArgs {
             "demo" => PostPath::Demo,
             other => return Err(super::usage(format!("--post `{other}`: use test or demo"))),
         };
-        if self.queue == 0 {
-            return Err(super::usage("--queue must be at least 1"));
-        }
-        if !(self.timeout_secs > 0.0 && self.timeout_secs.is_finite()) {
-            return Err(super::usage("--timeout-secs must be a positive number"));
-        }
-        let limits = Limits {
-            max_body_bytes: self.max_body_bytes,
-            max_image_pixels: self.max_image_pixels,
-            max_sentences: self.max_sentences,
-            max_sentence_bytes: self.max_sentence_bytes,
-            max_sentence_tokens: self.max_sentence_tokens,
-            queue: self.queue,
-            timeout: Duration::from_secs_f64(self.timeout_secs),
-        };
-        Ok(ServeOptions { bind, limits, post, threshold: self.threshold.threshold })
+        self.limits.check().map_err(super::usage)?;
+        Ok(ServeOptions { bind, limits: self.limits.clone(), post, threshold: self.threshold.threshold })
     }
 }
 
@@ -80,8 +47,8 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let options = a.limits.options(a.bind)?;
-    let (model, precision) = (a.model.clone(), a.precision.precision.clone());
-    let running = serve::spawn(move || model.load_in(&precision), options)?;
+    let (model, precision) = (a.model.clone(), a.precision.precision);
+    let running = serve::spawn(move || model.load_in(precision), options)?;
     let info = &running.info;
     eprintln!(
         "detris serve: {} ({}×{} input, word length {}, {} {}) on http://{}/",
@@ -124,8 +91,8 @@ pub struct ServeLoadArgs {
 pub fn run_load(a: ServeLoadArgs) -> Result<()> {
     let image = std::fs::read(&a.image).with_context(|| format!("{}: cannot read", a.image.display()))?;
     let options = a.limits.options(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let (model, precision) = (a.model.clone(), a.precision.precision.clone());
-    let running = serve::spawn(move || model.load_in(&precision), options)?;
+    let (model, precision) = (a.model.clone(), a.precision.precision);
+    let running = serve::spawn(move || model.load_in(precision), options)?;
     let opts = load::LoadOptions {
         requests: a.requests,
         concurrency: a.concurrency,

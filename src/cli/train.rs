@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use detris::device::Precision;
 use detris::train::data::DataSpec;
 use detris::train::trainer::{TrainOptions, Trainer};
 use detris::Detris;
@@ -76,9 +77,10 @@ pub struct TrainArgs {
     /// [default: 0; YAML: manual_seed]
     #[arg(long)]
     seed: Option<u64>,
-    /// f32, or on CUDA mixed precision (autocast): bf16, or f16 with loss scaling.
-    #[arg(long, default_value = "f32")]
-    precision: String,
+    /// f32, or mixed precision (autocast): bf16 (CPU or CUDA), f16 with loss
+    /// scaling (CUDA; the official recipe), or auto (bf16 where the hardware has bf16 matrix units).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Stop after this many optimizer steps in all.
     #[arg(long)]
     max_steps: Option<u64>,
@@ -205,8 +207,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         )));
     }
     // Before any loading: a precision the device cannot train in.
-    let device = detris::device::parse_device(&a.model.device).map_err(|e| super::usage(e.to_string()))?;
-    detris::train::trainer::Precision::new(&a.precision, device).map_err(|e| super::usage(e.to_string()))?;
+    let device = a.model.device.open().map_err(|e| super::usage(e.to_string()))?;
+    detris::train::precision::MixedPrecision::new(a.precision, device).map_err(|e| super::usage(e.to_string()))?;
+    let precision = a.precision.resolve(device).precision;
     let mut model = if a.random_init {
         let cfg = a
             .model
@@ -234,7 +237,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         lr_decay,
         batch_size,
         seed,
-        precision: a.precision.clone(),
+        precision,
         max_steps: a.max_steps,
         save_every: a.save_every,
         train_backbones: a.train_backbones,

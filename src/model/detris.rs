@@ -13,13 +13,17 @@ use super::neck::Neck;
 use super::projector::Projector;
 use crate::config::DetrisConfig;
 
-/// Sentences per batch in [`Detris::forward_sentences`]. On CPU a batch buys
-/// nothing (the matrix products are already at the machine's peak with one
-/// sentence; the figures are in docs/bench/README.md) and costs memory, so sentences run one after the other there,
-/// sharing the text-independent blocks. A GPU is under-used by one sentence.
-pub fn sentence_batch(device: Device) -> i64 {
-    match device {
-        Device::Cpu => 1,
+/// Sentences per batch in [`Detris::forward_sentences`]. In f32 on CPU a
+/// batch buys nothing (the matrix products are already at the machine's
+/// f32 peak with one sentence) and costs memory, so sentences run one after
+/// the other there, sharing the text-independent blocks. In bf16 on CPU one
+/// sentence's products are too small to keep the bf16 units busy, and a
+/// batch of sentences is several times faster per sentence; a GPU is
+/// under-used by one sentence (figures in docs/bench).
+pub fn sentence_batch(device: Device, kind: Kind) -> i64 {
+    match (device, kind) {
+        (Device::Cpu, Kind::Float | Kind::Double) => 1,
+        (Device::Cpu, _) => 16,
         _ => 8,
     }
 }
@@ -76,7 +80,7 @@ impl Detris {
     /// text-independent part of the image encoder runs once; the sentences
     /// run in batches of [`sentence_batch`].
     pub fn forward_sentences(&self, img: &Tensor, ids: &Tensor, ctx: &Ctx) -> Tensor {
-        self.forward_sentences_batched(img, ids, sentence_batch(self.device()), ctx)
+        self.forward_sentences_batched(img, ids, sentence_batch(self.device(), self.kind()), ctx)
     }
 
     /// [`Self::forward_sentences`] with `batch` sentences per pass.

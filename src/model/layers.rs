@@ -45,14 +45,40 @@ impl Levers {
         Levers { fused_attention: on, folded_batchnorm: on, single_key_neck: on }
     }
 
-    /// The names `detris bench --levers` takes, with the plain mode plus that one lever.
+    /// Each lever's name with the plain mode plus that one lever.
     pub fn named() -> [(&'static str, Levers); 3] {
+        Lever::ALL.map(|l| (l.name(), l.alone()))
+    }
+}
+
+/// One of the [`Levers`], by name (`detris bench` measures each alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lever {
+    FusedAttention,
+    FoldedBatchnorm,
+    SingleKeyNeck,
+}
+
+impl Lever {
+    pub const ALL: [Lever; 3] = [Lever::FusedAttention, Lever::FoldedBatchnorm, Lever::SingleKeyNeck];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lever::FusedAttention => "fused_attention",
+            Lever::FoldedBatchnorm => "folded_batchnorm",
+            Lever::SingleKeyNeck => "single_key_neck",
+        }
+    }
+
+    /// The plain mode plus this lever alone.
+    pub fn alone(self) -> Levers {
         let p = Levers::PLAIN;
-        [
-            ("fused_attention", Levers { fused_attention: true, ..p }),
-            ("folded_batchnorm", Levers { folded_batchnorm: true, ..p }),
-            ("single_key_neck", Levers { single_key_neck: true, ..p }),
-        ]
+        match self {
+            Lever::FusedAttention => Levers { fused_attention: true, ..p },
+            Lever::FoldedBatchnorm => Levers { folded_batchnorm: true, ..p },
+            Lever::SingleKeyNeck => Levers { single_key_neck: true, ..p },
+        }
     }
 }
 

@@ -17,4 +17,4 @@ pub mod projector;
 pub mod text_adapter;
 
 pub use detris::Detris;
-pub use layers::{Ctx, Levers, Trace};
+pub use layers::{Ctx, Lever, Levers, Trace};

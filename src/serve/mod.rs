@@ -1,82 +1,40 @@
 //! `detris serve`: a web page and a JSON API over one loaded model.
 //!
 //! ```text
-//! HTTP (axum, tokio) ──admission: a semaphore of `queue` permits, else 503──┐
-//!   read body (size limit) → parse multipart/JSON → check sentences → decode photo (pixel limit)
-//!   → bounded channel → the worker thread (owns the Segmenter; tch tensors are not Sync)
-//!   → PNG / RLE encoding → JSON
+//! TCP accept (at most max_connections; header and idle timeouts per connection, conn.rs)
+//!   → HTTP/1.1 (hyper) → axum routes, the request timeout and a log line per request (api.rs)
+//!   → upload (max_uploads, max_buffered_bytes, max_body_bytes, min_upload_rate)
+//!   → parse multipart/JSON, check sentences, photo header (side, pixels, pixels × sentences), decode
+//!   → the model queue (queue) → the worker thread (owns the Segmenter; tch tensors are not Sync),
+//!     which stops between sentences once the request is abandoned or out of time
+//!   → PNG / RLE encoding (max_answer_bytes) → JSON
 //! ```
-//!
-//! Every response goes through one middleware that applies the request timeout
-//! and writes one JSON log line per request on stderr.
 
 pub mod api;
 // The hand-written HTTP client of `serve-load` and the tests; not part of the library's API.
 #[doc(hidden)]
 pub mod client;
+mod conn;
 #[doc(hidden)]
 pub mod load;
 
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use detris_io::image::{PostPath, Rgb};
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::segment::{Segmenter, SentenceMask};
+use crate::segment::{Cancelled, Segmenter, SentenceMask};
 use crate::Detris;
 
-/// What one request may ask for. Each limit has a name that error bodies quote
-/// (`{"error": "...", "limit": "max_sentences"}`).
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// `max_body_bytes`: the whole request body (413).
-    pub max_body_bytes: usize,
-    /// `max_image_pixels`: width × height of the photo, read from its header before decoding (413).
-    pub max_image_pixels: u64,
-    /// `max_sentences`: sentences per request (400).
-    pub max_sentences: usize,
-    /// `max_sentence_bytes`: UTF-8 bytes per sentence (400).
-    pub max_sentence_bytes: usize,
-    /// `max_sentence_tokens`: CLIP tokens per sentence, SOT and EOT included, before the cut to
-    /// the model's word length (400). Sentences within it but over the word length are cut and
-    /// flagged `truncated`, as `detris segment` does.
-    pub max_sentence_tokens: usize,
-    /// `queue`: segment requests in flight (reading, waiting, running, encoding) before 503.
-    pub queue: usize,
-    /// `timeout_ms`: wall time of one request, body upload included (408).
-    pub timeout: Duration,
-}
-
-impl Limits {
-    /// The limits that the request parser checks (`detris_io::request`).
-    pub fn request_limits(&self) -> detris_io::request::RequestLimits {
-        detris_io::request::RequestLimits {
-            max_image_pixels: self.max_image_pixels,
-            max_sentences: self.max_sentences,
-            max_sentence_bytes: self.max_sentence_bytes,
-            max_sentence_tokens: self.max_sentence_tokens,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_body_bytes: 20 << 20,
-            max_image_pixels: 25_000_000,
-            max_sentences: 16,
-            max_sentence_bytes: 1024,
-            max_sentence_tokens: 77,
-            queue: 16,
-            timeout: Duration::from_secs(60),
-        }
-    }
-}
+/// Every limit of the server, its flag and its default: one struct for the
+/// server, the request parser and the command line.
+pub use detris_io::request::{Limits, Seconds};
 
 /// How to run the server.
 #[derive(Clone, Debug)]
@@ -154,12 +112,56 @@ impl ModelInfo {
     }
 }
 
+/// Tells the worker that a request no longer wants its answer: its handler
+/// ended or was dropped (client gone, request timeout), or its time is up.
+#[derive(Clone)]
+pub(crate) struct Cancel {
+    gone: Arc<AtomicBool>,
+    deadline: Instant,
+}
+
+/// Marks its [`Cancel`] as gone when dropped (the handler owns it).
+pub(crate) struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Cancel {
+    pub(crate) fn new(deadline: Instant) -> (Cancel, CancelOnDrop) {
+        let gone = Arc::new(AtomicBool::new(false));
+        (Cancel { gone: gone.clone(), deadline }, CancelOnDrop(gone))
+    }
+    pub(crate) fn is_set(&self) -> bool {
+        self.gone.load(Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+}
+
 /// One segmentation for the worker thread.
 pub(crate) struct Job {
     pub photo: Arc<Rgb>,
     pub sentences: Vec<String>,
+    pub cancel: Cancel,
     /// When the worker picked the job up, and what came out.
     pub reply: oneshot::Sender<(Instant, Result<Vec<SentenceMask>>)>,
+}
+
+/// What the worker is doing, for `/healthz`.
+#[derive(Default)]
+pub(crate) struct WorkerStatus {
+    /// When the job it runs started; None when idle.
+    running_since: Mutex<Option<Instant>>,
+}
+
+impl WorkerStatus {
+    fn set(&self, v: Option<Instant>) {
+        *self.running_since.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+    pub(crate) fn running_since(&self) -> Option<Instant> {
+        *self.running_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What the handlers share.
@@ -167,7 +169,15 @@ pub(crate) struct AppState {
     pub limits: Limits,
     pub info: ModelInfo,
     pub jobs: mpsc::SyncSender<Job>,
-    pub permits: Semaphore,
+    /// Complete requests waiting for or running on the model.
+    pub queue: Semaphore,
+    /// Bodies being uploaded.
+    pub uploads: Semaphore,
+    /// Bytes of bodies held (uploading or being parsed).
+    pub buffered: Semaphore,
+    /// Open connections (held by conn.rs).
+    pub connections: Arc<Semaphore>,
+    pub worker: Arc<WorkerStatus>,
     pub started: Instant,
 }
 
@@ -218,8 +228,11 @@ where
     F: FnOnce() -> Result<Detris> + Send + 'static,
 {
     let limits = options.limits.clone();
-    anyhow::ensure!(limits.queue > 0, "the queue must hold at least one request");
+    limits.check().map_err(|e| anyhow!("{e}"))?;
+    // Never full: a job is sent only with a queue permit.
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(limits.queue);
+    let worker = Arc::new(WorkerStatus::default());
+    let worker_status = worker.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo>>();
     let (post, threshold) = (options.post, options.threshold);
     std::thread::Builder::new()
@@ -233,7 +246,7 @@ where
                 }
             };
             let _ = ready_tx.send(Ok(ModelInfo::new(&seg.model, post)));
-            worker_loop(&seg, jobs_rx);
+            worker_loop(&seg, jobs_rx, &worker_status);
         })
         .context("cannot start the worker thread")?;
     let info = ready_rx.recv().map_err(|_| anyhow!("the worker thread died while loading the model"))??;
@@ -244,13 +257,19 @@ where
         std::net::TcpListener::bind(options.bind).with_context(|| format!("cannot listen on {}", options.bind))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     let state = Arc::new(AppState {
-        permits: Semaphore::new(limits.queue),
-        limits,
+        queue: Semaphore::new(limits.queue),
+        uploads: Semaphore::new(limits.max_uploads),
+        buffered: Semaphore::new(limits.max_buffered_bytes),
+        connections: connections.clone(),
+        worker,
+        limits: limits.clone(),
         info: info.clone(),
         jobs: jobs_tx,
         started: Instant::now(),
     });
+    let app = api::router(state)?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let http = std::thread::Builder::new()
         .name("detris-http".into())
@@ -258,11 +277,7 @@ where
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                axum::serve(listener, api::router(state))
-                    .with_graceful_shutdown(async move {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await?;
+                conn::serve(listener, app, limits, connections, shutdown_rx).await;
                 Ok(())
             })
         })
@@ -271,23 +286,30 @@ where
 }
 
 /// Runs jobs one at a time until every sender is gone. A job whose request
-/// already gave up (timeout, client gone) is skipped; a panic inside libtorch
-/// answers that job with an error and keeps the worker alive.
-fn worker_loop(seg: &Segmenter, jobs: mpsc::Receiver<Job>) {
+/// gave up (timeout, client gone) is answered [`Cancelled`] without running,
+/// or stopped at its next sentence;
+/// a panic inside libtorch answers that job with an error and keeps the worker alive.
+fn worker_loop(seg: &Segmenter, jobs: mpsc::Receiver<Job>, status: &WorkerStatus) {
     for job in jobs {
-        if job.reply.is_closed() {
+        if job.cancel.is_set() {
+            let _ = job.reply.send((Instant::now(), Err(Cancelled.into())));
             continue;
         }
         let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| seg.segment(&job.photo, &job.sentences)))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(anyhow!("the model failed: {msg}"))
-            });
+        status.set(Some(started));
+        let stop = || job.cancel.is_set();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            seg.segment_until(&job.photo, &job.sentences, &stop)
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!("the model failed: {msg}"))
+        });
+        status.set(None);
         let _ = job.reply.send((started, result));
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
+use super::precision::GradScaler;
 use crate::model::Detris;
 use crate::weights::{self, from_tch, to_tch};
 
@@ -29,6 +30,9 @@ pub struct TrainState {
     pub options: serde_json::Value,
     /// Per-epoch records (loss, lr, validation metrics).
     pub history: Vec<serde_json::Value>,
+    /// The loss scaler's state (f16 training), so that a resumed run scales as the uninterrupted one.
+    #[serde(default)]
+    pub grad_scaler: Option<GradScaler>,
 }
 
 /// Writes the model's trained variables (and BatchNorm statistics), the

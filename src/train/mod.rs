@@ -9,5 +9,6 @@ pub use crate::data;
 pub mod official_order;
 pub mod official_pth;
 pub mod official_yaml;
+pub mod precision;
 pub mod recipe;
 pub mod trainer;

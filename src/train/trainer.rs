@@ -10,12 +10,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::adam::Adam;
 use super::checkpoint::{self, TrainState};
+use super::precision::{GradScaler, MixedPrecision};
 use super::recipe::Recipe;
 use crate::data::{self, DataSpec};
+use crate::device::Precision;
 use crate::model::{Ctx, Detris, Levers};
 use detris_io::data::loader::Mode;
 
@@ -29,8 +31,8 @@ pub struct TrainOptions {
     pub lr_decay: f64,
     pub batch_size: usize,
     pub seed: u64,
-    /// `f32`, or on CUDA `bf16` / `f16` autocast (f16 with loss scaling).
-    pub precision: String,
+    /// f32, or bf16 autocast (CPU, CUDA), or f16 autocast with loss scaling (CUDA).
+    pub precision: Precision,
     /// Stop after this many optimizer steps in total (tests, quick runs).
     pub max_steps: Option<u64>,
     /// Also write `last` every this many steps (so a kill loses little).
@@ -200,7 +202,10 @@ impl Trainer {
             bail!("the training split has fewer refs ({}) than one batch ({})", train.len(), self.opts.batch_size);
         }
         let metrics_path = self.out.join("metrics.jsonl");
-        let mut precision = Precision::new(&self.opts.precision, device)?;
+        let mut precision = MixedPrecision::new(self.opts.precision, device)?;
+        if let Some(scaler) = &self.state.grad_scaler {
+            precision.scaler = scaler.clone();
+        }
         if device.is_cuda() {
             // Every batch has the same shapes: let cuDNN pick its fastest kernels once.
             tch::Cuda::cudnn_set_benchmark(true);
@@ -240,6 +245,7 @@ impl Trainer {
                 )?;
                 // Data-parallel: the mean over ranks, so that all stop together.
                 let loss = crate::distributed::mean_over_ranks(loss)?;
+                self.state.grad_scaler = Some(precision.scaler.clone());
                 if !loss.is_finite() {
                     bail!(
                         "the loss became {loss} at epoch {} step {}: stopped; the last good checkpoint is {}",
@@ -358,25 +364,6 @@ impl Trainer {
     }
 }
 
-/// The arithmetic of a training run: f32, or CUDA autocast in bf16 or f16
-/// (f16 with loss scaling, as `torch.cuda.amp`).
-pub struct Precision {
-    pub autocast: Option<Kind>,
-    pub scaler: GradScaler,
-}
-
-impl Precision {
-    pub fn new(precision: &str, device: Device) -> Result<Precision> {
-        let autocast = match (precision, device) {
-            ("f32", _) => None,
-            ("bf16", Device::Cuda(_)) => Some(Kind::BFloat16),
-            ("f16", Device::Cuda(_)) => Some(Kind::Half),
-            (p, d) => bail!("--precision {p} is not available on {d:?} (f32 on CPU; f32, bf16 or f16 on CUDA)"),
-        };
-        Ok(Precision { autocast, scaler: GradScaler::new(autocast == Some(Kind::Half)) })
-    }
-}
-
 /// One optimizer step, as the official loop: zero the gradients, forward in
 /// train mode, BCE-with-logits, backward, Adam. Returns the loss (a skipped
 /// f16 step, after a gradient overflow, returns it too).
@@ -388,35 +375,38 @@ pub fn train_step(
     ids: &Tensor,
     target: &Tensor,
     levers: Levers,
-    precision: &mut Precision,
+    precision: &mut MixedPrecision,
 ) -> Result<f64> {
     let ctx = Ctx { train: true, levers, trace: None };
     opt.zero_grad();
-    let loss = match precision.autocast {
-        None => Detris::loss(&model.forward(img, ids, &ctx), target).0,
-        Some(kind) => {
-            // Autocast's dtype is per thread; set it where the forward runs.
-            crate::device::set_cuda_autocast_dtype(kind)?;
-            tch::autocast(true, || {
-                let logits = model.forward(img, ids, &ctx);
-                Detris::loss(&logits.to_kind(Kind::Float), target).0
-            })
-        }
-    };
+    let autocast = precision.autocast.is_some();
+    let loss = precision.forward(|| {
+        let logits = model.forward(img, ids, &ctx);
+        // The loss in f32, whatever autocast computed the logits in.
+        let logits = if autocast { logits.to_kind(Kind::Float) } else { logits };
+        Detris::loss(&logits, target).0
+    })?;
     let value = loss.double_value(&[]);
-    let scaler = &mut precision.scaler;
     // Data-parallel: a backward through SyncBatchNorm talks to the other ranks.
-    (loss * scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
+    (loss * precision.scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
     crate::distributed::average_gradients(opt.params.iter().map(|(_, p, _, _)| p))?;
     // The official loop clips here (on the averaged gradients), before the scaler's inf check and unscaling.
     opt.clip_grad_norm();
-    if scaler.enabled && !grads_finite(opt) {
-        scaler.overflowed();
-        return Ok(value);
-    }
-    opt.step(scaler.scale);
-    scaler.stepped();
+    step_scaled(opt, &mut precision.scaler);
     Ok(value)
+}
+
+/// After backward, on the final gradients (so that every rank of a
+/// distributed run decides alike): Adam's step on the unscaled gradients,
+/// or, when loss scaling is on and a gradient is inf or NaN, no step; then
+/// the scale's update. Returns whether Adam stepped.
+pub fn step_scaled(opt: &mut Adam, scaler: &mut GradScaler) -> bool {
+    let finite = !scaler.enabled || grads_finite(opt);
+    if finite {
+        opt.step(scaler.scale);
+    }
+    scaler.update(!finite);
+    finite
 }
 
 /// Whether every gradient is finite, read back once (one device
@@ -425,33 +415,6 @@ fn grads_finite(opt: &Adam) -> bool {
     let flags: Vec<Tensor> =
         opt.params.iter().map(|(_, p, _, _)| p.grad()).filter(|g| g.defined()).map(|g| g.isfinite().all()).collect();
     flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
-}
-
-/// Dynamic loss scaling as `torch.cuda.amp.GradScaler` (init 2^16, ×2 after
-/// 2000 good steps, ×0.5 and skip on overflow); a no-op when disabled.
-pub struct GradScaler {
-    pub enabled: bool,
-    pub scale: f64,
-    good_steps: u32,
-}
-
-impl GradScaler {
-    pub fn new(enabled: bool) -> GradScaler {
-        GradScaler { enabled, scale: if enabled { 65536.0 } else { 1.0 }, good_steps: 0 }
-    }
-    fn overflowed(&mut self) {
-        self.scale *= 0.5;
-        self.good_steps = 0;
-    }
-    fn stepped(&mut self) {
-        if self.enabled {
-            self.good_steps += 1;
-            if self.good_steps == 2000 {
-                self.scale *= 2.0;
-                self.good_steps = 0;
-            }
-        }
-    }
 }
 
 fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
@@ -471,6 +434,7 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     #[test]
     fn gradients_are_finite_until_one_element_is_not() {
@@ -487,5 +451,33 @@ mod tests {
         assert!(!grads_finite(&opt));
         let _ = g.fill_(f64::NAN);
         assert!(!grads_finite(&opt));
+    }
+
+    #[test]
+    fn an_overflowing_step_is_skipped_and_a_clean_one_steps_on_unscaled_gradients() {
+        let p = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = Adam::new(vec![("p".into(), p.shallow_clone())], 1e-2);
+        let mut scaler = GradScaler::new(true);
+        let scale = scaler.scale;
+        (&p * scale).sum(Kind::Float).backward();
+        let _ = p.grad().narrow(1, 0, 1).fill_(f64::NAN);
+        let before = p.detach().copy();
+        assert!(!step_scaled(&mut opt, &mut scaler));
+        assert_eq!(opt.step, 0, "the skipped step is not counted");
+        assert!(p.equal(&before), "no parameter moved");
+        assert_eq!(scaler.scale, scale / 2.0);
+
+        // A clean step equals Adam on the gradients without the scale.
+        opt.zero_grad();
+        (&p * scaler.scale).sum(Kind::Float).backward();
+        let q = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut plain = Adam::new(vec![("p".into(), q.shallow_clone())], 1e-2);
+        q.sum(Kind::Float).backward();
+        assert!(step_scaled(&mut opt, &mut scaler));
+        plain.step(1.0);
+        assert_eq!(opt.step, 1);
+        // Dividing by a power of two is exact: the same update to the bit.
+        assert!(p.equal(&q));
+        assert_eq!(scaler.growth_tracker, 1);
     }
 }
