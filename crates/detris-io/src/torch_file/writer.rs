@@ -163,8 +163,10 @@ mod tests {
         let root = PickleValue::dict([("epoch", PickleValue::Int(3)), ("state_dict", sd)]);
         save.write(&path, &root).unwrap();
         let ckpt = crate::torch_file::load_checkpoint(&path).unwrap();
-        assert_eq!(ckpt.tensors["a"].to_f32_vec(), a.to_f32_vec());
-        assert_eq!((ckpt.tensors["a"].shape.clone(), ckpt.tensors["n"].to_i64_vec()), (vec![2, 3], vec![7]));
+        // Names as stored (the detris crate strips `module.` where it maps foreign names).
+        assert_eq!(ckpt.tensors["module.a"].to_f32_vec(), a.to_f32_vec());
+        let (a_shape, n) = (ckpt.tensors["module.a"].shape.clone(), ckpt.tensors["module.n"].to_i64_vec());
+        assert_eq!((a_shape, n), (vec![2, 3], vec![7]));
         assert_eq!(ckpt.metadata["epoch"], Value::Int(3));
         let (tree, mut tensors) = crate::torch_file::load_tree(&path).unwrap();
         let n = tree.get("state_dict").and_then(|s| s.get("module.n")).unwrap();
