@@ -26,8 +26,8 @@ pub struct EvalReport {
     /// Refs whose mask PNG had another size than the photo (resized, nearest).
     pub resized_masks: Vec<String>,
     pub seconds: f64,
-    /// One record per sentence this process evaluated (every sentence, in order, in a single
-    /// process; a rank's share when data-parallel), kept when [`EvalOutputs::records`] is set;
+    /// One record per sentence, in order (gathered from every rank when data-parallel), kept
+    /// when [`EvalOutputs::records`] is set;
     /// `detris eval` writes them as JSON Lines beside the summary.
     #[serde(skip)]
     pub records: Vec<SentenceRecord>,
@@ -117,6 +117,7 @@ pub fn evaluate(
             sink.push(item, &loader.refs()[item.ref_index].image, &prob.mask, &gt, iou, intersection, union)?;
         }
     }
+    let records = if outputs.records { gather_records(&counts, sink.records)? } else { Vec::new() };
     let mut counts = crate::distributed::allgather_rows(&counts, 3)?;
     counts.sort_by_key(|c| c[0]);
     let mut metrics = Metrics::new();
@@ -136,8 +137,30 @@ pub fn evaluate(
         summary: metrics.summary(),
         resized_masks,
         seconds: started.elapsed().as_secs_f64(),
-        records: sink.records,
+        records,
     })
+}
+
+/// Every rank's sentence records, in the one-process order: `counts[i][0]` is the position
+/// of this rank's i-th record. Every rank calls it (or none does).
+fn gather_records(counts: &[Vec<i64>], records: Vec<SentenceRecord>) -> Result<Vec<SentenceRecord>> {
+    let (_, world) = crate::distributed::rank_and_size();
+    if world == 1 {
+        return Ok(records);
+    }
+    let mut lines = String::new();
+    for (c, r) in counts.iter().zip(&records) {
+        lines += &serde_json::to_string(&(c[0], r))?;
+        lines.push('\n');
+    }
+    let mut all: Vec<(i64, SentenceRecord)> = Vec::new();
+    for rank_lines in crate::distributed::allgather_string("eval/records", &lines)? {
+        for line in rank_lines.lines() {
+            all.push(serde_json::from_str(line).context("a rank's sentence record")?);
+        }
+    }
+    all.sort_by_key(|(position, _)| *position);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Where each evaluated sentence goes besides the metrics: its record and its pictures.
