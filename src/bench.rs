@@ -49,7 +49,7 @@ impl BenchMode {
 }
 
 /// One measured configuration.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchCase {
     pub variant: String,
     pub input_size: usize,
@@ -74,6 +74,10 @@ pub struct BenchCase {
     /// cuDNN on CUDA (the official training switches it off).
     #[serde(default = "yes")]
     pub cudnn: bool,
+    /// Data-parallel ranks of a training step (processes on this machine, over Gloo, each
+    /// with `threads` threads and `batch / ranks` images; gradients averaged, SyncBatchNorm).
+    #[serde(default = "one")]
+    pub ranks: usize,
 }
 
 fn one() -> usize {
@@ -119,7 +123,8 @@ impl BenchCase {
             _ => String::new(),
         };
         let cudnn = if self.device != DeviceArg::Cpu && !self.cudnn { " -cudnn" } else { "" };
-        format!("{task} {}{batched}{cudnn}", self.mode.name())
+        let ranks = if self.ranks > 1 { format!(" {}r", self.ranks) } else { String::new() };
+        format!("{task} {}{batched}{cudnn}{ranks}", self.mode.name())
     }
 }
 
@@ -150,6 +155,15 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     if case.batch > 1 && case.sentences > 1 {
         anyhow::bail!("K sentences are measured on one image (batch 1)");
     }
+    let (rank, world) = crate::distributed::rank_and_size();
+    if world != case.ranks {
+        anyhow::bail!("a case of {} rank(s) runs in a group of {world}", case.ranks);
+    }
+    if case.batch % world != 0 || (world > 1 && !case.train) {
+        anyhow::bail!("several ranks time training steps whose batch divides over them");
+    }
+    // The official data-parallel recipe: the global batch split over the ranks, SyncBatchNorm.
+    crate::distributed::sync_bn::enable(world > 1);
     let gpu_before = device.is_cuda().then(|| {
         let _ = Tensor::zeros([1], (Kind::Float, device));
         synchronize(device);
@@ -166,7 +180,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     randomise(&model, 0);
     let kind = case.precision.kind().context("a bench case's precision is resolved before it runs")?;
     let s = cfg.input_size as i64;
-    let b = case.batch as i64;
+    let b = (case.batch / world) as i64;
     let levers = case.mode.levers();
     let mut pass: Box<dyn FnMut() -> Result<()> + '_> = if case.train {
         // The official recipe: backbones frozen, adapters, neck, decoder and
@@ -175,6 +189,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let trainable: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         let mut opt = crate::train::adam::Adam::new(trainable, 1e-4);
+        tch::manual_seed(rank as i64); // each rank its own images
         let img = Tensor::randn([b, 3, s, s], (Kind::Float, device));
         let ids = random_ids(&cfg, b, device);
         let target = Tensor::rand([b, 1, s, s], (Kind::Float, device)).gt(0.7).to_kind(Kind::Float);
@@ -236,25 +251,37 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     })
 }
 
-/// Runs a case in a child process (`detris bench --one JSON`) and reads its result.
+/// Runs a case in a child process (`detris bench --one JSON`), or in `case.ranks` child
+/// processes that form a process group, and reads its (rank 0's) result.
 pub fn run_case_isolated(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchResult> {
     let exe = std::env::current_exe().context("cannot find the detris executable")?;
-    let out = std::process::Command::new(exe)
-        .args([
-            "bench",
-            "--warmup",
-            &warmup.to_string(),
-            "--runs",
-            &runs.to_string(),
-            "--one",
-            &serde_json::to_string(case)?,
-        ])
-        .output()
+    let args: Vec<std::ffi::OsString> =
+        ["bench", "--warmup", &warmup.to_string(), "--runs", &runs.to_string(), "--one", &serde_json::to_string(case)?]
+            .iter()
+            .map(Into::into)
+            .collect();
+    let port = crate::distributed::launch::free_port()?;
+    let children = (0..case.ranks.max(1))
+        .map(|rank| {
+            let mut c = if case.ranks > 1 {
+                crate::distributed::launch::rank_command(&exe, &args, rank, case.ranks, port)
+            } else {
+                let mut c = std::process::Command::new(&exe);
+                c.args(&args);
+                c
+            };
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()
+        })
+        .collect::<std::io::Result<Vec<_>>>()
         .context("cannot start the benchmark child process")?;
-    if !out.status.success() {
-        anyhow::bail!("benchmark case {case:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut outputs = Vec::new();
+    for child in children {
+        outputs.push(child.wait_with_output()?);
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some((rank, out)) = outputs.iter().enumerate().find(|(_, o)| !o.status.success()) {
+        anyhow::bail!("benchmark case {case:?} failed (rank {rank}): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&outputs[0].stdout);
     let line = stdout.lines().last().context("benchmark child printed nothing")?;
     Ok(serde_json::from_str(line)?)
 }
@@ -299,7 +326,24 @@ fn baseline<'a>(results: &'a [BenchResult], c: &BenchCase) -> Option<&'a BenchRe
             && q.batch == c.batch
             && q.train == c.train
             && q.device == c.device
+            && q.ranks == c.ranks
     })
+}
+
+/// Data-parallel scaling: for each training result on several ranks, the same case on one
+/// rank: (result, one-rank result, speed-up t₁/t_N, efficiency speed-up / N).
+pub fn scaling(results: &[BenchResult]) -> Vec<(&BenchResult, &BenchResult, f64, f64)> {
+    results
+        .iter()
+        .filter(|r| r.case.ranks > 1)
+        .filter_map(|r| {
+            let one = results
+                .iter()
+                .find(|o| BenchCase { ranks: r.case.ranks, ..o.case.clone() } == r.case && o.case.ranks == 1)?;
+            let speedup = one.median_s / r.median_s;
+            Some((r, one, speedup, speedup / r.case.ranks as f64))
+        })
+        .collect()
 }
 
 /// Prints one line per result; `peak_gflops` (the machine's matrix-product

@@ -2,7 +2,9 @@ use anyhow::Result;
 use clap::Args;
 use tch::Kind;
 
-use detris::bench::{matmul_gflops, print_table, run_case, run_case_isolated, BenchCase, BenchMode, BenchResult};
+use detris::bench::{
+    matmul_gflops, print_table, run_case, run_case_isolated, scaling, BenchCase, BenchMode, BenchResult,
+};
 use detris::device::{auto_precision, CpuInfo, DeviceArg, Hardware, Precision};
 use detris::model::Lever;
 
@@ -41,9 +43,15 @@ pub struct BenchArgs {
     /// (autocast on CUDA).
     #[arg(long)]
     train: bool,
-    /// Images per training step.
+    /// Images per training step (the global batch, split over --ranks).
     #[arg(long, default_value_t = 16)]
     train_batch: usize,
+    /// Data-parallel ranks for the training steps, e.g. 1,2: each count runs as that many
+    /// processes on this machine over Gloo (each with --threads threads and train-batch / ranks
+    /// images, SyncBatchNorm); the table's end gives the speed-up and scaling efficiency
+    /// against one rank.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    ranks: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Timed passes per case and round (the median counts).
@@ -66,6 +74,11 @@ pub struct BenchArgs {
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(one) = &a.one {
         let case: BenchCase = serde_json::from_str(one)?;
+        // A rank of a data-parallel case: run_case_isolated set torchrun's variables.
+        let timeout = std::time::Duration::from_secs(120);
+        if let Some(l) = detris::distributed::launch::from_env(&detris::distributed::launch::process_env, timeout)? {
+            detris::distributed::init(&l)?;
+        }
         println!("{}", serde_json::to_string(&run_case(&case, a.warmup, a.runs)?)?);
         return Ok(());
     }
@@ -99,8 +112,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     let batches = a.batch.clone().unwrap_or_else(|| if cuda { vec![1, 16] } else { vec![1] });
-    if batches.contains(&0) || a.sentences.contains(&0) || a.train_batch == 0 {
-        return Err(super::usage("--batch, --sentences and --train-batch must be at least 1"));
+    if batches.contains(&0) || a.sentences.contains(&0) || a.train_batch == 0 || a.ranks.contains(&0) {
+        return Err(super::usage("--batch, --sentences, --train-batch and --ranks must be at least 1"));
+    }
+    if let Some(r) = a.ranks.iter().find(|&&r| a.train_batch % r != 0) {
+        return Err(super::usage(format!(
+            "--train-batch {} is the global batch: it must divide over --ranks {r} (remainder {})",
+            a.train_batch,
+            a.train_batch % r
+        )));
+    }
+    if a.ranks != [1] && !a.train {
+        return Err(super::usage("--ranks times data-parallel training steps: it needs --train"));
     }
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
@@ -120,6 +143,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             sentence_batch: None,
             train: false,
             cudnn: !cuda,
+            ranks: 1,
         };
         let fast = BenchCase { mode: BenchMode::Fast, cudnn: true, ..base.clone() };
         for &b in batches.iter().filter(|_| a.infer) {
@@ -145,8 +169,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 });
             }
         }
-        if a.train {
-            let step = BenchCase { train: true, batch: a.train_batch, ..base.clone() };
+        for &ranks in a.ranks.iter().filter(|_| a.train) {
+            let step = BenchCase { train: true, batch: a.train_batch, ranks, ..base.clone() };
             cases.push(step.clone());
             for &p in &precisions {
                 cases.push(BenchCase { mode: BenchMode::Fast, cudnn: true, precision: p, ..step.clone() });
@@ -213,6 +237,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!(" 1-sentence time. GFLOP/s counts 316 (DETRIS-B) or 830 (DETRIS-L) GFLOP per image at 448, a training");
     println!(" step as 2 forwards; %peak is against the same precision's matrix product above. GPU MB: CUDA memory");
     println!(" the case took at its peak, weights included. Each case is its best of the rounds)");
+    for (r, one, speedup, efficiency) in scaling(&results) {
+        println!(
+            "ranks: {} {} {}: {} ranks {:.3} steps/s against 1 rank {:.3} steps/s: speed-up {speedup:.2}×, \
+             scaling efficiency {:.0}% (global batch {}, {} thread(s) a rank)",
+            r.case.variant,
+            r.case.mode.name(),
+            r.case.precision,
+            r.case.ranks,
+            1.0 / r.median_s,
+            1.0 / one.median_s,
+            100.0 * efficiency,
+            r.case.batch,
+            r.case.threads
+        );
+    }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }

@@ -138,6 +138,27 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `exe args` as rank `rank` of `nproc` on this machine, with torchrun's
+/// variables (rank 0 hosts the store on loopback at `port`).
+pub fn rank_command(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    rank: usize,
+    nproc: usize,
+    port: u16,
+) -> Command {
+    let mut c = Command::new(exe);
+    c.args(args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", nproc.to_string())
+        .env("LOCAL_WORLD_SIZE", nproc.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("TORCHELASTIC_USE_AGENT_STORE", "False");
+    c
+}
+
 /// `detris … --nproc-per-node N`: starts N ranks of this executable with
 /// `args` and torchrun's variables (rank 0 hosts the store on loopback),
 /// forwards SIGINT/SIGTERM to them, and when one fails ends the others and
@@ -154,15 +175,7 @@ pub fn run_local(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -
     }
     let mut children: Vec<Option<Child>> = Vec::new();
     for rank in 0..nproc {
-        let child = Command::new(&exe)
-            .args(args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
-            .env("LOCAL_WORLD_SIZE", nproc.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("TORCHELASTIC_USE_AGENT_STORE", "False")
+        let child = rank_command(&exe, args, rank, nproc, port)
             .spawn()
             .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
         children.push(Some(child));
