@@ -109,6 +109,7 @@ fn bad_input_is_refused_with_exit_2_and_a_message() {
     );
     check(&["--image", photo.to_str().unwrap(), "--text", "x", "--precision", "f16"], "f16 needs a CUDA device");
     check(&["--image", photo.to_str().unwrap(), "--text", "x", "--precision", "fp8"], "invalid value 'fp8'");
+    check(&["--image", photo.to_str().unwrap(), "--text", "x", "--post", "tst"], "[possible values: test, demo]");
     let not_image = fixture("tiny/config.json");
     check(&["--image", not_image.to_str().unwrap(), "--text", "the cup"], "not a JPEG, PNG or WebP image");
     check(&["--image", "/nonexistent/photo.jpg", "--text", "the cup"], "/nonexistent/photo.jpg");

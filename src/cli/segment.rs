@@ -24,9 +24,9 @@ pub struct SegmentArgs {
     /// Output folder for the masks, overlays and JSON records.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Post-processing path: `test` (official test.py) or `demo` (demo.py).
-    #[arg(long, default_value = "test")]
-    post: String,
+    /// Post-processing: the official test.py's or demo.py's.
+    #[arg(long, value_enum, default_value_t = PostPath::Test)]
+    post: PostPath,
     #[command(flatten)]
     threshold: ThresholdArg,
     /// Also write each sentence's probability map as a PNG heat map (`.prob.png`).
@@ -74,11 +74,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     for t in &a.texts {
         check_sentence(t).map_err(|e| super::usage(format!("--text: {e}")))?;
     }
-    let post = match a.post.as_str() {
-        "test" => PostPath::Test,
-        "demo" => PostPath::Demo,
-        other => return Err(super::usage(format!("--post `{other}`: use test or demo"))),
-    };
+    let post = a.post;
     let manifest = match &a.batch.manifest {
         Some(path) => Some(detris_io::manifest::read(path).map_err(|e| super::usage(e.to_string()))?),
         None => None,

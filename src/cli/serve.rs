@@ -13,22 +13,17 @@ use super::model_args::{InferencePrecision, ModelArgs};
 pub struct LimitArgs {
     #[command(flatten)]
     limits: Limits,
-    /// Post-processing path: `test` (official test.py) or `demo` (demo.py).
-    #[arg(long, default_value = "test")]
-    post: String,
+    /// Post-processing: the official test.py's or demo.py's.
+    #[arg(long, value_enum, default_value_t = PostPath::Test)]
+    post: PostPath,
     #[command(flatten)]
     threshold: super::segment::ThresholdArg,
 }
 
 impl LimitArgs {
     fn options(&self, bind: SocketAddr) -> Result<ServeOptions> {
-        let post = match self.post.as_str() {
-            "test" => PostPath::Test,
-            "demo" => PostPath::Demo,
-            other => return Err(super::usage(format!("--post `{other}`: use test or demo"))),
-        };
         self.limits.check().map_err(super::usage)?;
-        Ok(ServeOptions { bind, limits: self.limits.clone(), post, threshold: self.threshold.threshold })
+        Ok(ServeOptions { bind, limits: self.limits.clone(), post: self.post, threshold: self.threshold.threshold })
     }
 }
 

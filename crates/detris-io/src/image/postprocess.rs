@@ -12,6 +12,7 @@ pub const THRESHOLD: f32 = 0.35;
 
 /// Which official script's post-processing to reproduce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PostPath {
     /// `test.py`: sigmoid → bicubic (align_corners) to `size × size` → inverse warp.
     Test,
