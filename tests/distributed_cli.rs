@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::max_abs_diff;
-use tch::Tensor;
+use common::{
+    assert_success, fresh_temp_dir, max_abs_diff, set_flag, sorted_safetensors, synth_data, synth_train_args,
+};
 
 fn cmd(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_detris"));
@@ -26,18 +27,9 @@ fn cmd(args: &[&str], env: &[(&str, String)]) -> Command {
     c
 }
 
-fn check(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
+/// detris without any launcher variable of this test process's environment.
 fn detris(args: &[&str]) -> Output {
-    check(cmd(args, &[]).output().unwrap(), &format!("detris {args:?}"))
+    assert_success(cmd(args, &[]).output().unwrap(), &format!("detris {args:?}"))
 }
 
 fn free_port() -> u16 {
@@ -76,65 +68,24 @@ fn slurm_env(rank: usize, port: u16) -> Vec<(&'static str, String)> {
 
 /// A small synthetic data set, made once per test.
 fn setup(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("detris-dist-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
+    let dir = fresh_temp_dir(&format!("dist-{name}"));
+    let data = synth_data(&dir, 20);
     (dir, data)
 }
 
 /// Training from the shipped model (so validation has something to find),
 /// dropout 0 (N ranks cannot draw one process's dropout masks).
 fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--epochs",
-        "1",
-        "--milestones",
-        "1",
-        "--batch-size",
-        "12",
-        "--lr",
-        "3e-4",
-        "--seed",
-        "5",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--device",
-        "cpu",
-        "--val-limit",
-        "8",
-        "--dropout",
-        "0",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    a.extend_from_slice(extra);
+    let mut a = synth_train_args(data, out, &[&["--epochs", "1", "--dropout", "0"][..], extra].concat());
+    for (flag, value) in [("--batch-size", "12"), ("--workers", "1"), ("--val-limit", "8")] {
+        a = set_flag(a, flag, value);
+    }
     a
-}
-
-/// Sets the value of `flag` in `args`.
-fn set<'a>(mut args: Vec<&'a str>, flag: &str, value: &'a str) -> Vec<&'a str> {
-    let i = args.iter().position(|a| *a == flag).unwrap();
-    args[i + 1] = value;
-    args
-}
-
-fn tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// The largest |Δ| over the tensors of two checkpoints (same names).
 fn max_diff(a: &Path, b: &Path) -> f64 {
-    let (a, b) = (tensors(a), tensors(b));
+    let (a, b) = (sorted_safetensors(a), sorted_safetensors(b));
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(&b)
@@ -161,7 +112,7 @@ fn two_ranks_train_as_one_process_and_launchers_agree() {
     let out2 = detris(&train_args(&data, &two, &["--nproc-per-node", "2"]));
     // The same process at 2 threads: f32 sums in another order, nothing else.
     let threads2 = dir.join("threads2");
-    detris(&set(train_args(&data, &threads2, &["--nproc-per-node", "1"]), "--threads", "2"));
+    detris(&set_flag(train_args(&data, &threads2, &["--nproc-per-node", "1"]), "--threads", "2"));
     // 2 ranks sum their gradients in another order than one batch, and
     // SyncBatchNorm computes its statistics in two passes where libtorch's
     // kernel uses one: f32 rounding, which Adam turns into steps of up to lr
@@ -185,7 +136,7 @@ fn two_ranks_train_as_one_process_and_launchers_agree() {
     // torchrun's variables: the same ranks, bit for bit.
     let ranks = spawn_ranks(&train_args(&data, &env_run, &[]), torchrun_env);
     for (r, c) in ranks.into_iter().enumerate() {
-        check(c.wait_with_output().unwrap(), &format!("torchrun-style rank {r}"));
+        assert_success(c.wait_with_output().unwrap(), &format!("torchrun-style rank {r}"));
     }
     assert_eq!(max_diff(&two.join("last.safetensors"), &env_run.join("last.safetensors")), 0.0);
     std::fs::remove_dir_all(&dir).ok();
@@ -237,12 +188,19 @@ fn eval_over_two_ranks_equals_one_process_under_every_launcher() {
     let one = eval_json(&j1);
     assert!(one[0]["summary"]["count"].as_u64().unwrap() > 2, "{one}");
     assert_eq!(one, eval_json(&j2), "2 ranks (--nproc-per-node) vs 1 process");
+    // The per-sentence records are gathered from both ranks, in the one-process order.
+    let sentences = |json: &Path| std::fs::read_to_string(json.with_extension("sentences.jsonl")).unwrap();
+    assert_eq!(
+        sentences(&j1).lines().count() as u64,
+        one.as_array().unwrap().iter().map(|r| r["summary"]["count"].as_u64().unwrap()).sum::<u64>()
+    );
+    assert_eq!(sentences(&j1), sentences(&j2), "per-sentence records: 2 ranks vs 1 process");
     for (name, env) in [("slurm", slurm_env as fn(usize, u16) -> _), ("torchrun", torchrun_env)] {
         let json = dir.join(format!("{name}.json"));
         let a = args(&json);
         let ranks = spawn_ranks(&a.iter().map(String::as_str).collect::<Vec<_>>(), env);
         for (r, c) in ranks.into_iter().enumerate() {
-            check(c.wait_with_output().unwrap(), &format!("{name} rank {r}"));
+            assert_success(c.wait_with_output().unwrap(), &format!("{name} rank {r}"));
         }
         assert_eq!(one, eval_json(&json), "2 ranks ({name} variables) vs 1 process");
     }
@@ -268,7 +226,7 @@ fn eval_over_two_ranks_equals_one_process_under_every_launcher() {
         })
         .collect();
     for (r, c) in ranks.into_iter().enumerate() {
-        check(c.wait_with_output().unwrap(), &format!("agent-store rank {r}"));
+        assert_success(c.wait_with_output().unwrap(), &format!("agent-store rank {r}"));
     }
     assert_eq!(one, eval_json(&json), "2 ranks (torchrun agent store) vs 1 process");
     std::fs::remove_dir_all(&dir).ok();
@@ -279,7 +237,8 @@ fn a_killed_rank_stops_the_other_naming_it_and_resume_is_bit_identical() {
     let (dir, data) = setup("kill");
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
     let extra = ["--save-every", "1", "--dist-timeout", "20"];
-    let args = |out, more: &[&'static str]| set(train_args(&data, out, &[&extra[..], more].concat()), "--epochs", "2");
+    let args =
+        |out, more: &[&'static str]| set_flag(train_args(&data, out, &[&extra[..], more].concat()), "--epochs", "2");
     detris(&args(&straight, &["--nproc-per-node", "2"]));
     let mut ranks = spawn_ranks(&args(&killed, &[]), torchrun_env);
     // Mid-epoch: once rank 0 has written a step checkpoint.
@@ -318,7 +277,7 @@ fn mismatched_ranks_and_launcher_mistakes_are_refused_by_name() {
     // Rank 1 with another learning rate.
     let port = free_port();
     let base = train_args(&data, &out, &["--dist-timeout", "30"]);
-    let other = set(base.clone(), "--lr", "1e-3");
+    let other = set_flag(base.clone(), "--lr", "1e-3");
     let ranks: Vec<Child> = [&base, &other]
         .iter()
         .enumerate()
@@ -346,7 +305,7 @@ fn mismatched_ranks_and_launcher_mistakes_are_refused_by_name() {
     // RANK outside WORLD_SIZE, and a bad --batch-size split.
     let log = failure(&mut cmd(&train_args(&data, &out, &[]), &one(2, "2", free_port())));
     assert!(log.contains("RANK=2 is not below WORLD_SIZE=2"), "{log}");
-    let odd = set(train_args(&data, &out, &["--nproc-per-node", "2"]), "--batch-size", "3");
+    let odd = set_flag(train_args(&data, &out, &["--nproc-per-node", "2"]), "--batch-size", "3");
     let log = failure(&mut cmd(&odd, &[]));
     assert!(log.contains("--batch-size 3") && log.contains("remainder 1"), "{log}");
     std::fs::remove_dir_all(&dir).ok();
@@ -367,7 +326,7 @@ fn the_launcher_ends_the_ranks_when_one_dies_and_forwards_sigterm() {
     let (dir, data) = setup("launcher");
     for (name, victim) in [("killed-rank", true), ("sigterm", false)] {
         let out = dir.join(name);
-        let args = set(train_args(&data, &out, &["--nproc-per-node", "2", "--save-every", "1"]), "--epochs", "3");
+        let args = set_flag(train_args(&data, &out, &["--nproc-per-node", "2", "--save-every", "1"]), "--epochs", "3");
         let launcher = cmd(&args, &[]).stderr(Stdio::piped()).spawn().unwrap();
         let t0 = Instant::now();
         while !out.join("last.safetensors").exists() {
@@ -388,5 +347,39 @@ fn the_launcher_ends_the_ranks_when_one_dies_and_forwards_sigterm() {
         }
         assert!(ranks.iter().all(|&p| !alive(p)), "{name}: every rank ended");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bench_times_training_steps_over_two_ranks_against_one() {
+    let dir = fresh_temp_dir("dist-bench");
+    let json = dir.join("bench.json");
+    let base = ["bench", "--variant", "detris-b", "--size", "28", "--train", "--infer", "false", "--threads", "1"];
+    let quick = ["--runs", "1", "--rounds", "1", "--warmup", "0", "--precision", "f32"];
+    let out = detris(
+        &[&base[..], &quick, &["--ranks", "1,2", "--train-batch", "2", "--json", json.to_str().unwrap()]].concat(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for mode in ["plain", "fast"] {
+        let line = text.lines().find(|l| l.starts_with(&format!("ranks: detris-b {mode} f32: 2 ranks")));
+        assert!(line.is_some_and(|l| l.contains("speed-up") && l.contains("scaling efficiency")), "{text}");
+    }
+    let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ranks: Vec<u64> = results.iter().map(|r| r["case"]["ranks"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, [1, 1, 2, 2]);
+    assert!(results.iter().all(|r| r["median_s"].as_f64().unwrap() > 0.0 && r["case"]["batch"] == 2));
+    // Mistakes are usage errors naming the option.
+    for (extra, needle) in [
+        (&["--ranks", "2", "--train-batch", "3"][..], "must divide over --ranks 2 (remainder 1)"),
+        (&["--ranks", "0"][..], "--ranks must be at least 1"),
+    ] {
+        let o = cmd(&[&base[..], extra].concat(), &[]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+    let o = cmd(&["bench", "--ranks", "2"], &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--ranks times data-parallel training steps: it needs --train"));
     std::fs::remove_dir_all(&dir).ok();
 }

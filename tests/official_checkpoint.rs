@@ -16,13 +16,6 @@ use detris_io::pickle::Value;
 use detris_io::torch_file::{load_tree, TensorReader};
 use tch::{Kind, Tensor};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("detris-official-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn official_adam(model: &detris::Detris, lr_multi: f64, weight_decay: f64) -> Adam {
     let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     Adam::official(trainable, 1e-4, lr_multi, weight_decay, 0.0)
@@ -64,7 +57,7 @@ fn the_official_fixture_written_again_has_the_same_structure_and_tensors() {
     let mut opt = official_adam(&model, 1.0, 0.0);
     let state = official_pth::load(&fixture_path, &model, &mut opt).unwrap();
     let (theirs, mut their_reader) = load_tree(&fixture_path).unwrap();
-    let dir = temp_dir("structure");
+    let dir = fresh_temp_dir("official-structure");
     let ours_path = dir.join("last_model.pth");
     // The fixture's own bookkeeping, read from it (the test does not assume its values).
     let float = |k: &str| theirs.get(k).and_then(Value::as_f64).unwrap();
@@ -128,7 +121,7 @@ fn a_written_checkpoint_loads_back_with_the_same_weights_and_optimizer_state() {
     });
     opt.step = 7;
     opt.lr = 1e-5;
-    let dir = temp_dir("roundtrip");
+    let dir = fresh_temp_dir("official-roundtrip");
     let path = dir.join("best_model.pth");
     let run = RunRecord {
         epoch: 4,
@@ -176,53 +169,17 @@ fn a_written_checkpoint_loads_back_with_the_same_weights_and_optimizer_state() {
 }
 
 fn synth_setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let data = dir.join("data");
-    detris_ok(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
-    (data, fixture("tiny/config.json"))
+    (synth_data(dir, 20), fixture("tiny/config.json"))
 }
 
 fn train_args<'a>(data: &'a Path, cfg: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "train",
-        "--random-init",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--milestones",
-        "1",
-        "--batch-size",
-        "8",
-        "--lr",
-        "3e-4",
-        "--seed",
-        "5",
-        "--threads",
-        "1",
-        "--workers",
-        "2",
-        "--device",
-        "cpu",
-        "--val-limit",
-        "6",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn safetensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    let own = ["--random-init", "--config", cfg.to_str().unwrap()];
+    synth_train_args(data, out, &[&own[..], extra].concat())
 }
 
 #[test]
 fn training_writes_last_model_pth_and_resume_from_it_continues_exactly() {
-    let dir = temp_dir("resume");
+    let dir = fresh_temp_dir("official-resume");
     let (data, cfg) = synth_setup(&dir);
     let (straight, first, second) = (dir.join("straight"), dir.join("first"), dir.join("second"));
     detris_ok(&train_args(&data, &cfg, &straight, &["--epochs", "2", "--save-format", "both"]));
@@ -238,7 +195,8 @@ fn training_writes_last_model_pth_and_resume_from_it_continues_exactly() {
     ));
     assert!(log.contains("resuming at epoch 2"), "{log}");
     // Weights, BatchNorm statistics and Adam moments after epoch 2, bit for bit.
-    let (a, b) = (safetensors(&straight.join("last.safetensors")), safetensors(&second.join("last.safetensors")));
+    let (a, b) =
+        (sorted_safetensors(&straight.join("last.safetensors")), sorted_safetensors(&second.join("last.safetensors")));
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
@@ -260,7 +218,7 @@ fn training_writes_last_model_pth_and_resume_from_it_continues_exactly() {
 
 #[test]
 fn export_format_pth_holds_every_weight_under_module_keys() {
-    let dir = temp_dir("export");
+    let dir = fresh_temp_dir("official-export");
     let out = dir.join("exported.pth");
     let (ckpt, cfg) = (fixture("tiny/detris_ckpt.pth"), fixture("tiny/config.json"));
     detris_ok(&[

@@ -187,8 +187,7 @@ fn unknown_keys_and_bad_values_are_named() {
 fn evaluate_start_epoch_and_save_freq_are_honoured() {
     let dir = std::env::temp_dir().join(format!("detris-yaml-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    detris_ok(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "10", "--size", "112"]);
+    let data = common::synth_data(&dir, 10);
     let (yaml, cfg) = (
         detris_io::fixtures::path("official-configs/refcoco/DETRIS_base.yaml"),
         detris_io::fixtures::path("tiny/config.json"),

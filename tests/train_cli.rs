@@ -6,39 +6,18 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::max_abs_diff;
+use common::{
+    detris_checked, detris_unchecked, fresh_temp_dir, max_abs_diff, sorted_safetensors, synth_data, synth_train_args,
+};
 use detris::data::DataSpec;
 use detris::train::trainer::{lr_at, TrainOptions};
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris_io::data::loader::Mode;
 use tch::Tensor;
 
-fn detris_unchecked(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_detris")).args(args).env("DETRIS_NO_PROGRESS", "1").output().expect("run detris")
-}
-
-fn detris(args: &[&str]) -> std::process::Output {
-    let out = detris_unchecked(args);
-    assert!(
-        out.status.success(),
-        "detris {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// An empty scratch folder of this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("detris-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 /// A small synthetic data set and a narrow config at 112 px, made once per test binary.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let data = dir.join("data");
-    detris(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", "20", "--size", "112"]);
+    let data = synth_data(dir, 20);
     let mut cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/detris-synth.config.json")).unwrap(),
     )
@@ -51,53 +30,17 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str]) {
-    detris(&train_args(data, cfg, out, extra));
+    detris_checked(&train_args(data, cfg, out, extra));
 }
 
 fn train_args<'a>(data: &'a Path, cfg: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "train",
-        "--random-init",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--epochs",
-        "2",
-        "--milestones",
-        "1",
-        "--batch-size",
-        "8",
-        "--lr",
-        "3e-4",
-        "--seed",
-        "5",
-        "--threads",
-        "1",
-        "--workers",
-        "2",
-        "--device",
-        "cpu",
-        "--val-limit",
-        "6",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    let own = ["--random-init", "--config", cfg.to_str().unwrap(), "--epochs", "2"];
+    synth_train_args(data, out, &[&own[..], extra].concat())
 }
 
 /// The two checkpoints hold the same tensors, bit for bit; returns how many.
 fn assert_bit_identical(a: &Path, b: &Path, after: &str) -> usize {
-    let (a, b) = (tensors(a), tensors(b));
+    let (a, b) = (sorted_safetensors(a), sorted_safetensors(b));
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
@@ -108,7 +51,7 @@ fn assert_bit_identical(a: &Path, b: &Path, after: &str) -> usize {
 
 #[test]
 fn resume_continues_bit_identically() {
-    let dir = scratch("resume");
+    let dir = fresh_temp_dir("resume");
     let (data, cfg) = setup(&dir);
     let (straight, split) = (dir.join("straight"), dir.join("split"));
     train(&data, &cfg, &straight, &["--max-steps", "9"]);
@@ -123,7 +66,7 @@ fn resume_continues_bit_identically() {
 
 #[test]
 fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
-    let dir = scratch("nan-loss");
+    let dir = fresh_temp_dir("nan-loss");
     let (data, cfg) = setup(&dir);
     let out = dir.join("run");
     // Adam moves every weight by about lr per step: at 1e30 the first step
@@ -137,11 +80,11 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     assert!(stderr.contains("the loss became") && stderr.contains("last good checkpoint"), "{stderr}");
     // The checkpoint left behind is whole, finite, and loads.
     let last = out.join("last.safetensors");
-    for (name, t) in tensors(&last) {
+    for (name, t) in sorted_safetensors(&last) {
         assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in {}", last.display());
     }
     let json = dir.join("eval.json");
-    detris(&[
+    detris_checked(&[
         "eval",
         "--checkpoint",
         last.to_str().unwrap(),
@@ -180,7 +123,7 @@ fn validation_miou(checkpoint: &Path, data: &Path, split: &str, limit: usize) ->
 
 #[test]
 fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
-    let dir = scratch("e2e");
+    let dir = fresh_temp_dir("e2e");
     let (data, cfg) = setup(&dir);
     let run = dir.join("run");
     train(&data, &cfg, &run, &["--train-backbones"]);
@@ -203,7 +146,7 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
 
     let json = dir.join("eval.json");
     let overlays = dir.join("overlays");
-    let out = detris(&[
+    let out = detris_checked(&[
         "eval",
         "--checkpoint",
         run.join("best.safetensors").to_str().unwrap(),
@@ -238,7 +181,7 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
 
 #[test]
 fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
-    let dir = scratch("best");
+    let dir = fresh_temp_dir("best");
     let (data, _) = setup(&dir);
     let run = dir.join("run");
     // Fine-tuning the shipped model (trained on this kind of data, so its masks overlap the
@@ -247,7 +190,7 @@ fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/detris-synth.safetensors");
     let epochs = 3;
     #[rustfmt::skip]
-    detris(&[
+    detris_checked(&[
         "train", "--checkpoint", shipped, "--train-backbones", "--data", data.to_str().unwrap(),
         "--dataset", "synth", "--val-split", "test", "--epochs", &epochs.to_string(), "--milestones", "2",
         "--batch-size", "8", "--lr", "1e-3", "--seed", "5", "--threads", "1", "--workers", "2",
@@ -265,7 +208,7 @@ fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
     let again = validation_miou(&run.join("best.safetensors"), &data, "test", 6);
     assert_eq!(again, miou[best], "best.safetensors gives {again} on test; epoch {} had {}", best + 1, miou[best]);
     let model_part = |p: &Path| -> Vec<(String, Tensor)> {
-        tensors(p).into_iter().filter(|(name, _)| !name.starts_with("adam.")).collect()
+        sorted_safetensors(p).into_iter().filter(|(name, _)| !name.starts_with("adam.")).collect()
     };
     let (b, l) = (model_part(&run.join("best.safetensors")), model_part(&run.join("last.safetensors")));
     let same = b.len() == l.len() && b.iter().zip(&l).all(|((_, x), (_, y))| max_abs_diff(x, y) == 0.0);
@@ -283,7 +226,7 @@ fn best_is_the_epoch_with_the_highest_miou_on_the_validation_split() {
 /// ever left half-written.
 #[test]
 fn killed_and_resumed_runs_end_bit_identical() {
-    let dir = scratch("kill");
+    let dir = fresh_temp_dir("kill");
     let (data, cfg) = setup(&dir);
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
     let t0 = std::time::Instant::now();
@@ -340,7 +283,7 @@ fn killed_and_resumed_runs_end_bit_identical() {
 
 #[test]
 fn precisions_a_device_cannot_train_in_are_refused_before_any_work() {
-    let dir = scratch("bad-precision");
+    let dir = fresh_temp_dir("bad-precision");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let (data, cfg, out) = (dir.join("data"), dir.join("no-config.json"), dir.join("run"));
     for (precision, says) in [("f16", "not available on Cpu"), ("fp8", "invalid value")] {

@@ -88,11 +88,81 @@ pub fn detris_unchecked(args: &[&str]) -> std::process::Output {
         .expect("run detris")
 }
 
+/// `out`, after panicking with its stdout and stderr unless `what` succeeded.
+pub fn assert_success(out: std::process::Output, what: &str) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs the detris binary (progress bars off); panics with its output unless it succeeds.
+pub fn detris_checked(args: &[&str]) -> std::process::Output {
+    assert_success(detris_unchecked(args), &format!("detris {args:?}"))
+}
+
 /// Runs the detris binary (progress bars off) and returns its stderr and
 /// stdout; panics with them unless it succeeds.
 pub fn detris_ok(args: &[&str]) -> String {
-    let out = detris_unchecked(args);
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "detris {args:?} failed:\n{text}");
-    text
+    let out = detris_checked(args);
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+/// `detris data synth` into `dir/data`: `images` photos at 112 px (seed 3), the small
+/// synthetic set the command-line tests train and evaluate on.
+pub fn synth_data(dir: &std::path::Path, images: usize) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let n = images.to_string();
+    detris_checked(&["data", "synth", "--out", data.to_str().unwrap(), "--seed", "3", "--images", &n, "--size", "112"]);
+    data
+}
+
+/// The flags of a short training run on [`synth_data`]'s set, on the CPU with one
+/// thread (batch 8, lr 3e-4, seed 5, 6 validation refs), then `extra`; [`set_flag`]
+/// changes one.
+pub fn synth_train_args<'a>(data: &'a std::path::Path, out: &'a std::path::Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        "synth",
+        "--milestones",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-4",
+        "--seed",
+        "5",
+        "--threads",
+        "1",
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--val-limit",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Sets the value of `flag` (present in `args`).
+pub fn set_flag<'a>(mut args: Vec<&'a str>, flag: &str, value: &'a str) -> Vec<&'a str> {
+    let i = args.iter().position(|a| *a == flag).unwrap_or_else(|| panic!("{flag} is not in {args:?}"));
+    args[i + 1] = value;
+    args
+}
+
+/// A safetensors file's tensors, sorted by name.
+pub fn sorted_safetensors(path: &std::path::Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
