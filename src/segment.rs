@@ -256,11 +256,7 @@ fn load_model(mut files: WeightFiles, choice: &ConfigChoice, device: Option<Devi
     if files.checkpoint.is_none() && files.dinov2.is_none() && files.clip.is_none() {
         files.checkpoint = Some(crate::shipped::default_checkpoint()?);
     }
-    let mut model = weights::load_model(&files, choice, device)?;
-    if kind != Kind::Float {
-        model.vs.set_kind(kind);
-    }
-    Ok(model)
+    weights::load_model_in(&files, choice, device, kind)
 }
 
 impl Segmenter {

@@ -127,6 +127,16 @@ pub fn read_weights(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>)
 /// strictly: every variable must be filled, except the trainable ones when
 /// starting from the pretrained backbones alone (they keep the official init).
 pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Device) -> Result<Detris> {
+    load_model_in(files, choice, device, tch::Kind::Float)
+}
+
+/// As [`load_model`], the weights converted to `kind` one tensor at a time as they load.
+pub fn load_model_in(
+    files: &WeightFiles,
+    choice: &ConfigChoice,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<Detris> {
     let mut map = TensorMap::new();
     let mut meta = BTreeMap::new();
     let mut sources = Vec::new();
@@ -162,7 +172,7 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
         let hint = detect_variant(&map).map(|v| format!(" (the shapes are those of {})", v.name)).unwrap_or_default();
         bail!("{source}: these weights do not fit config `{}`{hint}:\n  {}", cfg.name, mismatch.join("\n  "));
     }
-    let mut model = Detris::new(cfg, device)?;
+    let mut model = Detris::new_in(cfg, device, kind)?;
     model.known_token_ids = known_ids;
     let mut report = load_map(&model, &map, true)?;
     if files.checkpoint.is_none() {

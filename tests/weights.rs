@@ -165,3 +165,21 @@ fn f64_model_from_checkpoint_runs() {
     let out = tch::no_grad(|| m.forward(&io["input.img"].to_kind(Kind::Double), &io["input.word"], &Ctx::eval()));
     assert!(max_abs_diff(&out, &io["f64.pred"]) < 1e-5);
 }
+
+#[test]
+fn loading_in_bf16_converts_each_tensor_as_it_loads_and_equals_converting_afterwards() {
+    let files = WeightFiles { checkpoint: Some(fixture("tiny/detris_ckpt.pth")), ..Default::default() };
+    let direct = weights::load_model_in(&files, &tiny_choice(), Device::Cpu, Kind::BFloat16).unwrap();
+    let mut after = load(files, &tiny_choice()).unwrap();
+    after.vs.set_kind(Kind::BFloat16);
+    let (d, a) = (direct.vs.variables(), after.vs.variables());
+    assert_eq!(d.len(), a.len());
+    for (name, t) in &d {
+        assert_eq!(t.kind(), Kind::BFloat16, "{name}");
+        assert_eq!(max_abs_diff(t, &a[name]), 0.0, "{name}");
+    }
+    let io = read_st("tiny/io.safetensors");
+    let img = io["input.img"].to_kind(Kind::BFloat16);
+    let run = |m: &Detris| tch::no_grad(|| m.forward(&img, &io["input.word"], &Ctx::eval()));
+    assert_eq!(max_abs_diff(&run(&direct), &run(&after)), 0.0);
+}

@@ -51,14 +51,25 @@ impl Detris {
     /// Builds the model with freshly initialised trainable parts (official
     /// init) and zeroed frozen backbones, to be filled by `weights`.
     pub fn new(config: DetrisConfig, device: Device) -> anyhow::Result<Detris> {
+        Detris::new_in(config, device, Kind::Float)
+    }
+
+    /// As [`Detris::new`], the variables in `kind`: bf16 or f16 inference never holds an f32
+    /// copy of its weights.
+    pub fn new_in(config: DetrisConfig, device: Device, kind: Kind) -> anyhow::Result<Detris> {
         config.validate()?;
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind); // the kind of the variables made from here on
         let root = vs.root();
         let text = ClipText::new(&(&root / "txt_backbone"), &config);
         let dino = DinoV2::new(&(&root / "dinov2"), &config);
         let neck = Neck::new(&(&root / "neck"), &config);
         let decoder = Decoder::new(&(&root / "decoder"), &config);
         let proj = Projector::new(&(&root / "proj"), &config);
+        // tch makes frozen buffers (`zeros_no_train`) in f32 whatever the store's kind.
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
         Ok(Detris { config, vs, text, dino, neck, decoder, proj, known_token_ids: None })
     }
 
