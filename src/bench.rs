@@ -176,9 +176,10 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     let mut cfg = DetrisConfig::variant(&case.variant)?;
     cfg.input_size = case.input_size;
     cfg.validate()?;
-    let mut model = Detris::new(cfg.clone(), device)?;
-    randomise(&model, 0);
     let kind = case.precision.kind().context("a bench case's precision is resolved before it runs")?;
+    // Inference holds its weights in `kind` from the start; training keeps f32 parameters.
+    let mut model = Detris::new_in(cfg.clone(), device, if case.train { Kind::Float } else { kind })?;
+    randomise(&model, 0);
     let s = cfg.input_size as i64;
     let b = (case.batch / world) as i64;
     let levers = case.mode.levers();
@@ -201,17 +202,15 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         })
     } else {
         model.vs.freeze();
-        if kind != Kind::Float {
-            model.vs.set_kind(kind);
-        }
         let model = &model;
         let k = case.sentences as i64;
         let img = Tensor::randn([b, 3, s, s], (kind, device));
         let ids = random_ids(&cfg, b * k, device);
         let ctx = Ctx { train: false, levers, trace: None };
         let shared = case.mode == BenchMode::Fast;
-        let sentence_batch =
-            case.sentence_batch.map_or(crate::model::detris::sentence_batch(device, kind), |n| n as i64);
+        let sentence_batch = case
+            .sentence_batch
+            .map_or(crate::model::detris::sentence_batch(device, kind, cfg.image_tokens() as i64), |n| n as i64);
         Box::new(move || {
             tch::no_grad(|| {
                 let _out = if b > 1 {
@@ -372,8 +371,10 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(Precision) -> O
             baseline(results, c).map(|p| format!("{:.2}", r.median_s / p.median_s)).unwrap_or_else(|| "-".into());
         let per_image = gflop_per_image(&c.variant, c.input_size) * if c.train { 2.0 } else { 1.0 };
         let gflops = per_image * r.per_second();
-        let of_peak =
-            peak_gflops(c.precision).map(|p| format!("{:.1}", 100.0 * gflops / p)).unwrap_or_else(|| "-".into());
+        // N ranks have N times the one process's ceiling.
+        let of_peak = peak_gflops(c.precision)
+            .map(|p| format!("{:.1}", 100.0 * gflops / (p * c.ranks as f64)))
+            .unwrap_or_else(|| "-".into());
         let gpu = r.peak_gpu.map(|g| format!("{:.0}", g as f64 / 1e6)).unwrap_or_else(|| "-".into());
         println!(
             "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>8.0} {:>8} {:>6}",

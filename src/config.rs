@@ -172,6 +172,11 @@ impl DetrisConfig {
         self.input_size / self.patch_size
     }
 
+    /// Tokens DINOv2 carries per image: the class token, the registers and g² patches.
+    pub fn image_tokens(&self) -> usize {
+        1 + self.register_tokens + self.grid() * self.grid()
+    }
+
     /// Side of the logits: the projector upsamples the grid ×4.
     pub fn logit_size(&self) -> usize {
         self.grid() * 4

@@ -235,8 +235,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("(×plain: time per pass over the plain mode's (f32; cuDNN off on CUDA, as the official code) in the");
     println!(" same configuration; the plain mode runs one full pass per sentence, so its K-sentence time is K × the");
     println!(" 1-sentence time. GFLOP/s counts 316 (DETRIS-B) or 830 (DETRIS-L) GFLOP per image at 448, a training");
-    println!(" step as 2 forwards; %peak is against the same precision's matrix product above. GPU MB: CUDA memory");
-    println!(" the case took at its peak, weights included. Each case is its best of the rounds)");
+    println!(" step as 2 forwards; %peak is against the same precision's matrix product above (times the ranks).");
+    println!(" GPU MB: CUDA memory the case took at its peak, weights included. Each case is its best of the rounds)");
     for (r, one, speedup, efficiency) in scaling(&results) {
         println!(
             "ranks: {} {} {}: {} ranks {:.3} steps/s against 1 rank {:.3} steps/s: speed-up {speedup:.2}×, \

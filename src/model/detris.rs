@@ -13,17 +13,18 @@ use super::neck::Neck;
 use super::projector::Projector;
 use crate::config::DetrisConfig;
 
-/// Sentences per batch in [`Detris::forward_sentences`]. In f32 on CPU a
-/// batch buys nothing (the matrix products are already at the machine's
-/// f32 peak with one sentence) and costs memory, so sentences run one after
-/// the other there, sharing the text-independent blocks. In bf16 on CPU one
-/// sentence's products are too small to keep the bf16 units busy, and a
-/// batch of sentences is several times faster per sentence; a GPU is
-/// under-used by one sentence (figures in docs/bench).
-pub fn sentence_batch(device: Device, kind: Kind) -> i64 {
+/// Sentences per batch in [`Detris::forward_sentences`], for `tokens` image
+/// tokens a sentence. In f32 on CPU a batch buys nothing (the matrix products
+/// are already at the machine's f32 peak with one sentence) and costs memory,
+/// so sentences run one after the other there, sharing the text-independent
+/// blocks. In bf16 on CPU a small input's products are too small to keep the
+/// bf16 units busy, and batching up to about 2k tokens a pass is faster per
+/// sentence; at 448 (1029 tokens) a batch measured no faster and only took
+/// memory. A GPU is under-used by one sentence (figures in docs/bench).
+pub fn sentence_batch(device: Device, kind: Kind, tokens: i64) -> i64 {
     match (device, kind) {
         (Device::Cpu, Kind::Float | Kind::Double) => 1,
-        (Device::Cpu, _) => 16,
+        (Device::Cpu, _) => (2048 / tokens.max(1)).clamp(1, 16),
         _ => 8,
     }
 }
@@ -91,7 +92,8 @@ impl Detris {
     /// text-independent part of the image encoder runs once; the sentences
     /// run in batches of [`sentence_batch`].
     pub fn forward_sentences(&self, img: &Tensor, ids: &Tensor, ctx: &Ctx) -> Tensor {
-        self.forward_sentences_batched(img, ids, sentence_batch(self.device(), self.kind()), ctx)
+        let tokens = self.config.image_tokens() as i64;
+        self.forward_sentences_batched(img, ids, sentence_batch(self.device(), self.kind(), tokens), ctx)
     }
 
     /// [`Self::forward_sentences`] with `batch` sentences per pass.
@@ -155,5 +157,23 @@ impl Detris {
             }
         }
         (trainable, frozen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_batch_only_where_it_measured_faster() {
+        let tokens = |side: usize| DetrisConfig { input_size: side, ..DetrisConfig::detris_b() }.image_tokens() as i64;
+        assert_eq!(tokens(448), 1029);
+        for side in [112, 224, 448] {
+            assert_eq!(sentence_batch(Device::Cpu, Kind::Float, tokens(side)), 1);
+            assert_eq!(sentence_batch(Device::Cuda(0), Kind::BFloat16, tokens(side)), 8);
+        }
+        assert_eq!(sentence_batch(Device::Cpu, Kind::BFloat16, tokens(112)), 16);
+        assert_eq!(sentence_batch(Device::Cpu, Kind::BFloat16, tokens(224)), 7);
+        assert_eq!(sentence_batch(Device::Cpu, Kind::BFloat16, tokens(448)), 1);
     }
 }
