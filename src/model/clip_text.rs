@@ -4,7 +4,7 @@
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use super::layers::{quick_gelu, AttnMask, Ctx, Init0, LayerNorm, Linear, MultiheadAttention};
+use super::layers::{frozen_zeros, quick_gelu, AttnMask, Ctx, Init0, LayerNorm, Linear, MultiheadAttention};
 use super::text_adapter::TextAdapter;
 use crate::config::DetrisConfig;
 
@@ -58,10 +58,10 @@ impl ClipText {
             })
             .collect();
         ClipText {
-            token_embedding: (p / "token_embedding").zeros_no_train("weight", &[c.vocab_size as i64, w]),
-            positional_embedding: p.zeros_no_train("positional_embedding", &[c.context_length as i64, w]),
-            text_projection: p.zeros_no_train("text_projection", &[w, c.embed_dim as i64]),
-            logit_scale: p.zeros_no_train("logit_scale", &[]),
+            token_embedding: frozen_zeros(&(p / "token_embedding"), "weight", &[c.vocab_size as i64, w]),
+            positional_embedding: frozen_zeros(p, "positional_embedding", &[c.context_length as i64, w]),
+            text_projection: frozen_zeros(p, "text_projection", &[w, c.embed_dim as i64]),
+            logit_scale: frozen_zeros(p, "logit_scale", &[]),
             blocks,
             ln_final: LayerNorm::new(&(p / "ln_final"), w, c.clip_ln_eps, true),
             adapter_scale: c.adapter_scale,

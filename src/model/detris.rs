@@ -67,10 +67,6 @@ impl Detris {
         let neck = Neck::new(&(&root / "neck"), &config);
         let decoder = Decoder::new(&(&root / "decoder"), &config);
         let proj = Projector::new(&(&root / "proj"), &config);
-        // tch makes frozen buffers (`zeros_no_train`) in f32 whatever the store's kind.
-        if kind != Kind::Float {
-            vs.set_kind(kind);
-        }
         Ok(Detris { config, vs, text, dino, neck, decoder, proj, known_token_ids: None })
     }
 

@@ -6,7 +6,7 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use super::dense_aligner::DenseAligner;
-use super::layers::{attention, merge_heads, Ctx, Init0, LayerNorm, Linear};
+use super::layers::{attention, frozen_zeros, merge_heads, Ctx, Init0, LayerNorm, Linear};
 use crate::config::DetrisConfig;
 
 #[derive(Debug)]
@@ -61,11 +61,11 @@ impl DinoV2 {
                     norm1: LayerNorm::new(&(&b / "norm1"), d, c.dino_ln_eps, true),
                     qkv: Linear::new(&(&b / "attn" / "qkv"), d, 3 * d, Init0::Frozen),
                     proj: Linear::new(&(&b / "attn" / "proj"), d, d, Init0::Frozen),
-                    ls1: (&b / "ls1").zeros_no_train("gamma", &[d]),
+                    ls1: frozen_zeros(&(&b / "ls1"), "gamma", &[d]),
                     norm2: LayerNorm::new(&(&b / "norm2"), d, c.dino_ln_eps, true),
                     fc1: Linear::new(&(&b / "mlp" / "fc1"), d, hidden, Init0::Frozen),
                     fc2: Linear::new(&(&b / "mlp" / "fc2"), hidden, d, Init0::Frozen),
-                    ls2: (&b / "ls2").zeros_no_train("gamma", &[d]),
+                    ls2: frozen_zeros(&(&b / "ls2"), "gamma", &[d]),
                     adapter: c.dino_adapter_layers.contains(&i).then(|| DenseAligner::new(&(&b / "adapter"), c)),
                     heads: c.dino_heads as i64,
                 }
@@ -74,13 +74,13 @@ impl DinoV2 {
         let patch = c.patch_size as i64;
         let pp = p / "patch_embed" / "proj";
         DinoV2 {
-            cls_token: p.zeros_no_train("cls_token", &[1, 1, d]),
-            pos_embed: p.zeros_no_train("pos_embed", &[1, 1 + (c.pos_grid * c.pos_grid) as i64, d]),
-            register_tokens: p.zeros_no_train("register_tokens", &[1, c.register_tokens as i64, d]),
-            mask_token: p.zeros_no_train("mask_token", &[1, d]),
+            cls_token: frozen_zeros(p, "cls_token", &[1, 1, d]),
+            pos_embed: frozen_zeros(p, "pos_embed", &[1, 1 + (c.pos_grid * c.pos_grid) as i64, d]),
+            register_tokens: frozen_zeros(p, "register_tokens", &[1, c.register_tokens as i64, d]),
+            mask_token: frozen_zeros(p, "mask_token", &[1, d]),
             patch_proj: crate::model::layers::Conv {
-                weight: pp.zeros_no_train("weight", &[d, 3, patch, patch]),
-                bias: Some(pp.zeros_no_train("bias", &[d])),
+                weight: frozen_zeros(&pp, "weight", &[d, 3, patch, patch]),
+                bias: Some(frozen_zeros(&pp, "bias", &[d])),
                 padding: 0,
             },
             blocks,

@@ -119,10 +119,22 @@ pub enum Init0 {
     KaimingNormal,
 }
 
+/// A frozen variable (no gradient) of zeros in the store's kind: tch's own
+/// `zeros_no_train` always makes f32, so a bf16 model would first hold its
+/// frozen weights in f32.
+pub fn frozen_zeros(p: &Path, name: &str, dims: &[i64]) -> Tensor {
+    p.add(name, Tensor::zeros(dims, (p.kind(), p.device())), false)
+}
+
+/// As [`frozen_zeros`], filled with ones.
+pub fn frozen_ones(p: &Path, name: &str, dims: &[i64]) -> Tensor {
+    p.add(name, Tensor::ones(dims, (p.kind(), p.device())), false)
+}
+
 fn param(p: &Path, name: &str, dims: &[i64], init: Init0, fan_in: i64, is_bias: bool) -> Tensor {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
     match (init, is_bias) {
-        (Init0::Frozen, _) => p.zeros_no_train(name, dims),
+        (Init0::Frozen, _) => frozen_zeros(p, name, dims),
         (Init0::TorchDefault, _) => p.var(name, dims, Init::Uniform { lo: -bound, up: bound }),
         (Init0::TruncNormal02, false) => {
             let t = p.var(name, dims, Init::Randn { mean: 0.0, stdev: 0.02 });
@@ -169,7 +181,7 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn new(p: &Path, d: i64, eps: f64, frozen: bool) -> LayerNorm {
         let (weight, bias) = if frozen {
-            (p.ones_no_train("weight", &[d]), p.zeros_no_train("bias", &[d]))
+            (frozen_ones(p, "weight", &[d]), frozen_zeros(p, "bias", &[d]))
         } else {
             (p.ones("weight", &[d]), p.zeros("bias", &[d]))
         };
@@ -198,8 +210,8 @@ impl BatchNorm {
         BatchNorm {
             weight: p.ones("weight", &[c]),
             bias: p.zeros("bias", &[c]),
-            running_mean: p.zeros_no_train("running_mean", &[c]),
-            running_var: p.ones_no_train("running_var", &[c]),
+            running_mean: frozen_zeros(p, "running_mean", &[c]),
+            running_var: frozen_ones(p, "running_var", &[c]),
             eps,
         }
     }
@@ -326,8 +338,8 @@ impl MultiheadAttention {
     pub fn new(p: &Path, e: i64, heads: i64, dropout: f64, frozen: bool) -> MultiheadAttention {
         let (in_proj_weight, in_proj_bias, out_proj) = if frozen {
             (
-                p.zeros_no_train("in_proj_weight", &[3 * e, e]),
-                p.zeros_no_train("in_proj_bias", &[3 * e]),
+                frozen_zeros(p, "in_proj_weight", &[3 * e, e]),
+                frozen_zeros(p, "in_proj_bias", &[3 * e]),
                 Linear::new(&(p / "out_proj"), e, e, Init0::Frozen),
             )
         } else {
