@@ -259,7 +259,7 @@ pub fn run_case_isolated(case: &BenchCase, warmup: usize, runs: usize) -> Result
             .iter()
             .map(Into::into)
             .collect();
-    let port = crate::distributed::launch::free_port()?;
+    let port = if case.ranks > 1 { crate::distributed::launch::free_port()? } else { 0 };
     let children = (0..case.ranks.max(1))
         .map(|rank| {
             let mut c = if case.ranks > 1 {
