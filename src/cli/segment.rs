@@ -74,7 +74,6 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     for t in &a.texts {
         check_sentence(t).map_err(|e| super::usage(format!("--text: {e}")))?;
     }
-    let post = a.post;
     let manifest = match &a.batch.manifest {
         Some(path) => Some(detris_io::manifest::read(path).map_err(|e| super::usage(e.to_string()))?),
         None => None,
@@ -90,7 +89,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     let model = a.model.load_in(a.precision.precision)?;
     let seg = Segmenter::builder()
         .model(model)
-        .post(post)
+        .post(a.post)
         .threshold(a.threshold.threshold)
         .probabilities(a.probabilities)
         .build()?;
