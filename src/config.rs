@@ -158,7 +158,7 @@ impl DetrisConfig {
     }
 
     /// Reads a detris config JSON (this struct's fields). A fixture
-    /// `config.json` (official names) is read by `weights::official::read_config_file`.
+    /// `config.json` (official names) is read by `weights::config_files::read_config_file`.
     pub fn from_json_file(path: &std::path::Path) -> Result<DetrisConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
         let cfg: DetrisConfig =

@@ -8,9 +8,12 @@
 //!
 //! The rooms, bottom up: [`convert`] (tch ⇄ plain tensors), [`strict`]
 //! (name-by-name loading), [`official`] (the official layouts and every
-//! foreign name), [`detris_file`] (detris's own file and its checksum),
+//! foreign checkpoint name), [`config_files`] (the config files and the
+//! official names of their fields), [`detris_file`] (detris's own file and
+//! its checksum),
 //! [`export`] (vocabulary pruning, f16); this file orchestrates a load.
 
+pub mod config_files;
 pub mod convert;
 pub mod detris_file;
 pub mod export;
@@ -26,14 +29,15 @@ use detris_io::tensor::TensorMap;
 use crate::config::DetrisConfig;
 use crate::model::Detris;
 
+pub use config_files::read_config_file;
 pub use convert::{from_tch, kind_of, to_tch};
 pub use detris_file::{
     checksum, config_from_metadata, metadata_for, save_model, verify_checksum, FORMAT, META_CHECKSUM, META_CONFIG,
     META_FORMAT,
 };
 use export::TOKEN_EMBEDDING;
-pub use export::{expand_vocab, prune_vocab, to_f16, VOCAB_IDS};
-pub use official::{backbone_map, detect_variant, read_config_file, shape_mismatch};
+pub use export::{expand_vocab, export_model, prune_vocab, to_f16, Shrink, VOCAB_IDS};
+pub use official::{backbone_map, detect_variant, shape_mismatch, DDP_PREFIX};
 pub use strict::{load_map, state_dict, LoadReport};
 
 /// Refuses weights holding NaN or infinity, naming the first tensors.
@@ -82,7 +86,7 @@ impl ConfigChoice {
         let mut cfg = if let Some(c) = &self.inline {
             c.clone()
         } else if let Some(path) = &self.config {
-            official::read_config_file(path)?
+            config_files::read_config_file(path)?
         } else if let Some(v) = &self.variant {
             DetrisConfig::variant(v)?
         } else {
@@ -99,22 +103,13 @@ impl ConfigChoice {
     }
 }
 
-/// True when the file starts like a safetensors file (u64 header length, `{`).
-fn is_safetensors(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 9];
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(n == 9 && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().unwrap()) > 1)
-}
-
 /// Reads any supported weight file into plain tensors (the DDP `module.`
 /// prefix removed) and metadata.
 pub fn read_weights(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>)> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }
-    if is_safetensors(path)? {
+    if detris_io::torch_file::FileKind::sniff(path)? == detris_io::torch_file::FileKind::Safetensors {
         let (map, meta) = detris_io::safetensors_file::read(path)?;
         verify_checksum(path, &map, &meta)?;
         Ok((official::strip_ddp_prefix(map, path)?, meta))

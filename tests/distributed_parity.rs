@@ -51,7 +51,7 @@ fn rank_main(out: &str) {
         let (loss, _) = Detris::loss(&model.forward(&img, &ids, &ctx), &mask);
         losses.push(distributed::mean_over_ranks(loss.double_value(&[])).unwrap());
         loss.backward();
-        distributed::average_gradients(opt.params.iter().map(|(_, p, _, _)| p)).unwrap();
+        distributed::average_gradients(opt.tensors()).unwrap();
         if step == 0 {
             for (name, v) in &vars {
                 if v.requires_grad() {

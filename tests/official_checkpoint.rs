@@ -10,15 +10,15 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use detris::train::adam::Adam;
-use detris::train::official_pth::{self, RunRecord};
+use detris::train::adam::{Adam, AdamOptions};
+use detris::train::checkpoint::pth::{self as official_pth, RunRecord};
 use detris_io::pickle::Value;
 use detris_io::torch_file::{load_tree, TensorReader};
 use tch::{Kind, Tensor};
 
 fn official_adam(model: &detris::Detris, lr_multi: f64, weight_decay: f64) -> Adam {
     let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-    Adam::official(trainable, 1e-4, lr_multi, weight_decay, 0.0)
+    Adam::official(trainable, &AdamOptions { lr: 1e-4, lr_multi, weight_decay, max_norm: 0.0 })
 }
 
 /// Every tensor record of a tree, in order, with where it is.
@@ -114,9 +114,9 @@ fn a_written_checkpoint_loads_back_with_the_same_weights_and_optimizer_state() {
     let mut opt = official_adam(&model, 0.5, 1e-4);
     tch::manual_seed(3);
     tch::no_grad(|| {
-        for (_, _, m, v) in &mut opt.params {
-            let _ = m.copy_(&m.randn_like());
-            let _ = v.copy_(&v.rand_like());
+        for p in &mut opt.params {
+            let _ = p.exp_avg.copy_(&p.exp_avg.randn_like());
+            let _ = p.exp_avg_sq.copy_(&p.exp_avg_sq.rand_like());
         }
     });
     opt.step = 7;
@@ -146,9 +146,14 @@ fn a_written_checkpoint_loads_back_with_the_same_weights_and_optimizer_state() {
     for (name, t) in &a {
         assert_eq!(max_abs_diff(t, &b[name]), 0.0, "{name}");
     }
-    for ((n, _, m, v), (n2, _, m2, v2)) in opt.params.iter().zip(&fresh_opt.params) {
-        assert_eq!(n, n2);
-        assert_eq!((max_abs_diff(m, m2), max_abs_diff(v, v2)), (0.0, 0.0), "{n}");
+    for (p, p2) in opt.params.iter().zip(&fresh_opt.params) {
+        let n = &p.name;
+        assert_eq!(n, &p2.name);
+        assert_eq!(
+            (max_abs_diff(&p.exp_avg, &p2.exp_avg), max_abs_diff(&p.exp_avg_sq, &p2.exp_avg_sq)),
+            (0.0, 0.0),
+            "{n}"
+        );
     }
     // What the official scripts read: `module.` keys, the two groups' lrs, the schedule.
     let (root, _) = load_tree(&path).unwrap();

@@ -10,7 +10,7 @@ use common::{
     detris_checked, detris_unchecked, fresh_temp_dir, max_abs_diff, sorted_safetensors, synth_data, synth_train_args,
 };
 use detris::data::DataSpec;
-use detris::train::trainer::{lr_at, TrainOptions};
+use detris::train::recipe::Schedule;
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris_io::data::loader::Mode;
 use tch::Tensor;
@@ -319,7 +319,7 @@ fn learning_rate_steps_down_at_each_official_milestone() {
         let opts = schedule(milestones.clone(), num("base_lr"), num("lr_decay"), num("epochs") as usize);
         // 1e-12 relative: decay^k is computed by repeated multiplication in f64.
         let near = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
-        let at = |e: usize| lr_at(&opts, e);
+        let at = |e: usize| opts.lr_at(e);
         assert!(near(at(0), opts.base_lr), "{}", path.display());
         for (k, &m) in milestones.iter().enumerate() {
             let before = opts.base_lr * opts.lr_decay.powi(k as i32);
@@ -337,31 +337,11 @@ fn learning_rate_steps_down_at_each_official_milestone() {
     }
     // A milestone given twice decays twice (MultiStepLR counts milestones); none: constant.
     let twice = schedule(vec![3, 3], 1.0, 0.5, 10);
-    assert_eq!((lr_at(&twice, 2), lr_at(&twice, 3)), (1.0, 0.25));
-    assert_eq!(lr_at(&schedule(Vec::new(), 1.0, 0.5, 10), 9), 1.0);
+    assert_eq!((twice.lr_at(2), twice.lr_at(3)), (1.0, 0.25));
+    assert_eq!(schedule(Vec::new(), 1.0, 0.5, 10).lr_at(9), 1.0);
 }
 
-/// Training options that differ only in the learning-rate schedule.
-fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) -> TrainOptions {
-    TrainOptions {
-        data: DataSpec {
-            root: "data".into(),
-            dataset: "d".into(),
-            train_split: "train".into(),
-            val_split: "val".into(),
-        },
-        epochs,
-        milestones,
-        base_lr,
-        lr_decay,
-        batch_size: 1,
-        seed: 0,
-        precision: detris::device::Precision::F32,
-        max_steps: None,
-        save_every: None,
-        train_backbones: false,
-        val_limit: 0,
-        workers: 1,
-        recipe: Default::default(),
-    }
+/// A learning-rate schedule.
+fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) -> Schedule {
+    Schedule { epochs, milestones, base_lr, lr_decay, batch_size: 1, seed: 0 }
 }

@@ -66,22 +66,18 @@ pub fn run(a: ExportArgs) -> Result<()> {
         if a.f16 || a.prune_vocab.is_some() {
             return Err(super::usage("--f16 and --prune-vocab make files the official code cannot load"));
         }
-        detris::train::official_pth::export(&a.out, &model)?;
+        detris::train::checkpoint::pth::export_model(&a.out, &model)?;
         let size = std::fs::metadata(&a.out)?.len();
         eprintln!("wrote {} ({:.1} MB, official container)", a.out.display(), size as f64 / 1e6);
         return Ok(());
     }
-    let mut map = weights::state_dict(&model, false)?;
+    let mut shrink = weights::Shrink { keep_token_ids: None, f16: a.f16 };
     if let Some(root) = &a.prune_vocab {
         let ids = vocabulary(root, model.config.word_len)?;
         eprintln!("keeping {} of {} token-embedding rows", ids.len(), model.config.vocab_size);
-        weights::prune_vocab(&mut map, &ids)?;
+        shrink.keep_token_ids = Some(ids);
     }
-    if a.f16 {
-        weights::to_f16(&mut map);
-    }
-    let meta = weights::metadata_for(&map, &model.config)?;
-    detris_io::safetensors_file::write(&a.out, &map, &meta)?;
+    weights::export_model(&model, &a.out, &shrink)?;
     let size = std::fs::metadata(&a.out)?.len();
     eprintln!("wrote {} ({:.1} MB)", a.out.display(), size as f64 / 1e6);
     Ok(())

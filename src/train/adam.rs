@@ -12,6 +12,28 @@ pub struct ParamGroup {
     pub lr_scale: f64,
 }
 
+/// One trained parameter with its Adam moments.
+pub struct Param {
+    pub name: String,
+    pub tensor: Tensor,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    /// Its group, an index into [`Adam::groups`].
+    pub group: usize,
+}
+
+/// The official optimizer's settings (`build_segmenter` and `train.py`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamOptions {
+    /// The head's learning rate (`base_lr`).
+    pub lr: f64,
+    /// The backbone adapters learn at `lr_multi × lr`.
+    pub lr_multi: f64,
+    pub weight_decay: f64,
+    /// Clip the gradients to this total 2-norm (0 = never).
+    pub max_norm: f64,
+}
+
 pub struct Adam {
     /// The base learning rate of the epoch (MultiStepLR's value).
     pub lr: f64,
@@ -22,10 +44,8 @@ pub struct Adam {
     pub weight_decay: f64,
     /// Clip the gradients to this total 2-norm before the step (0 = never).
     pub max_norm: f64,
-    /// (name, parameter, exp_avg, exp_avg_sq), in name order.
-    pub params: Vec<(String, Tensor, Tensor, Tensor)>,
-    /// The group of each parameter, an index into `groups`.
-    pub group_of: Vec<usize>,
+    /// In name order.
+    pub params: Vec<Param>,
     pub groups: Vec<ParamGroup>,
     /// Steps taken (the same for every parameter: all train every step).
     pub step: i64,
@@ -51,13 +71,13 @@ impl Adam {
 
     /// The official optimizer: group 0 the backbone adapters at
     /// `lr_multi × lr`, group 1 the head at `lr`.
-    pub fn official(named: Vec<(String, Tensor)>, lr: f64, lr_multi: f64, weight_decay: f64, max_norm: f64) -> Adam {
+    pub fn official(named: Vec<(String, Tensor)>, o: &AdamOptions) -> Adam {
         let groups =
-            vec![ParamGroup { name: "backbone", lr_scale: lr_multi }, ParamGroup { name: "head", lr_scale: 1.0 }];
+            vec![ParamGroup { name: "backbone", lr_scale: o.lr_multi }, ParamGroup { name: "head", lr_scale: 1.0 }];
         let mut adam =
-            Self::with_groups(named, lr, groups, |n| if is_backbone_param(n) { BACKBONE_GROUP } else { HEAD_GROUP });
-        adam.weight_decay = weight_decay;
-        adam.max_norm = max_norm;
+            Self::with_groups(named, o.lr, groups, |n| if is_backbone_param(n) { BACKBONE_GROUP } else { HEAD_GROUP });
+        adam.weight_decay = o.weight_decay;
+        adam.max_norm = o.max_norm;
         adam
     }
 
@@ -68,27 +88,22 @@ impl Adam {
         group: impl Fn(&str) -> usize,
     ) -> Adam {
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let group_of = named.iter().map(|(n, _)| group(n)).collect();
         let params = named
             .into_iter()
-            .map(|(n, p)| {
-                let m = p.zeros_like().set_requires_grad(false);
-                let v = p.zeros_like().set_requires_grad(false);
-                (n, p, m, v)
+            .map(|(name, tensor)| Param {
+                group: group(&name),
+                exp_avg: tensor.zeros_like().set_requires_grad(false),
+                exp_avg_sq: tensor.zeros_like().set_requires_grad(false),
+                name,
+                tensor,
             })
             .collect();
-        Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            max_norm: 0.0,
-            params,
-            group_of,
-            groups,
-            step: 0,
-        }
+        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_norm: 0.0, params, groups, step: 0 }
+    }
+
+    /// The parameters themselves, in name order.
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().map(|p| &p.tensor)
     }
 
     /// The learning rate of group `g` this epoch.
@@ -97,8 +112,8 @@ impl Adam {
     }
 
     pub fn zero_grad(&mut self) {
-        for (_, p, _, _) in &mut self.params {
-            let mut g = p.grad();
+        for p in &self.params {
+            let mut g = p.tensor.grad();
             if g.defined() {
                 let _ = g.zero_();
             }
@@ -115,7 +130,7 @@ impl Adam {
         if self.max_norm <= 0.0 {
             return None;
         }
-        let grads: Vec<Tensor> = self.params.iter().map(|(_, p, _, _)| p.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self.tensors().map(Tensor::grad).filter(|g| g.defined()).collect();
         if grads.is_empty() {
             return None;
         }
@@ -139,14 +154,14 @@ impl Adam {
         let bc2_sqrt = (1.0 - self.beta2.powf(t)).sqrt();
         let lrs: Vec<f64> = (0..self.groups.len()).map(|g| self.group_lr(g)).collect();
         tch::no_grad(|| {
-            for ((_, p, m, v), &group) in self.params.iter_mut().zip(&self.group_of) {
+            for Param { tensor: p, exp_avg: m, exp_avg_sq: v, group, .. } in &mut self.params {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
                 let g = if grad_scale != 1.0 { g / grad_scale } else { g };
                 let g = if self.weight_decay != 0.0 { g + &*p * self.weight_decay } else { g };
-                let step_size = lrs[group] / bc1;
+                let step_size = lrs[*group] / bc1;
                 let _ = m.lerp_(&g, 1.0 - self.beta1);
                 // v·β₂ + (1-β₂)·g² ; p -= step_size · m / (√v/√bc₂ + ε)
                 let _ = v.g_mul_scalar_(self.beta2);
@@ -208,7 +223,7 @@ mod tests {
         let (a, b) = (param(&[1.0, -2.0]), param(&[0.5]));
         let named =
             vec![("dinov2.blocks.1.adapter.w".to_string(), a.shallow_clone()), ("neck.w".into(), b.shallow_clone())];
-        let mut opt = Adam::official(named, 1e-2, 0.5, 0.1, 0.0);
+        let mut opt = Adam::official(named, &AdamOptions { lr: 1e-2, lr_multi: 0.5, weight_decay: 0.1, max_norm: 0.0 });
         set_grad(&a, &[0.3, 0.0]);
         set_grad(&b, &[-4.0]);
         opt.step(1.0);
@@ -225,7 +240,7 @@ mod tests {
         for (g, w) in got_a.iter().zip(want_a).chain(got_b.iter().zip(want_b)) {
             assert!((g - w).abs() < 1e-15, "{g} vs {w}");
         }
-        assert_eq!(opt.group_of, [BACKBONE_GROUP, HEAD_GROUP]);
+        assert_eq!(opt.params.iter().map(|p| p.group).collect::<Vec<_>>(), [BACKBONE_GROUP, HEAD_GROUP]);
     }
 
     /// clip_grad_norm_: total = ‖(‖g₁‖, ‖g₂‖)‖, coefficient max_norm/(total+1e-6)
@@ -234,7 +249,7 @@ mod tests {
     fn clipping_follows_clip_grad_norm() {
         let (a, b) = (param(&[0.0, 0.0]), param(&[0.0]));
         let named = vec![("neck.a".to_string(), a.shallow_clone()), ("neck.b".into(), b.shallow_clone())];
-        let mut opt = Adam::official(named, 1e-3, 1.0, 0.0, 2.0);
+        let mut opt = Adam::official(named, &AdamOptions { lr: 1e-3, lr_multi: 1.0, weight_decay: 0.0, max_norm: 2.0 });
         set_grad(&a, &[3.0, 4.0]);
         set_grad(&b, &[12.0]);
         let total = opt.clip_grad_norm().unwrap().double_value(&[]);

@@ -1,22 +1,29 @@
-//! Training checkpoints: one safetensors file holding the trained weights,
-//! the Adam moments, and (in its metadata) the config, the options and the
-//! position in the run, written atomically (temp file, fsync, rename) so that
-//! a kill at any moment leaves the previous checkpoint intact.
+//! A run's checkpoints, in two formats written side by side: detris's
+//! safetensors ([`safetensors`]: weights, Adam moments and the run's
+//! position, resumable mid-epoch) and the official `train.py` container
+//! ([`pth`]: `last_model.pth` / `best_model.pth`, which the official scripts
+//! load). [`save`] writes the files a moment asks for in the formats the
+//! recipe names; [`read`] tells the format from the bytes and reads either.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+pub mod param_order;
+pub mod pth;
+pub mod safetensors;
 
-use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use detris_io::metrics::Summary;
+use detris_io::torch_file::FileKind;
 use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
+use super::history::EpochRecord;
 use super::precision::GradScaler;
+use super::recipe::{SaveFormat, TrainOptions};
 use crate::model::Detris;
-use crate::weights::{self, from_tch, to_tch};
 
-pub const META_TRAIN_STATE: &str = "detris.train_state";
-
-/// Where a run stands; enough to continue it exactly.
+/// Where a run stands; enough to continue it exactly (the optimizer's own
+/// step count is in [`Adam::step`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
     /// Epoch in progress (0-based).
@@ -26,54 +33,85 @@ pub struct TrainState {
     pub global_step: u64,
     pub best_miou: Option<f64>,
     pub best_epoch: Option<usize>,
-    /// The training options, as JSON, for `--resume` to check and reuse.
-    pub options: serde_json::Value,
     /// Per-epoch records (loss, lr, validation metrics).
-    pub history: Vec<serde_json::Value>,
+    pub history: Vec<EpochRecord>,
     /// The loss scaler's state (f16 training), so that a resumed run scales as the uninterrupted one.
     #[serde(default)]
     pub grad_scaler: Option<GradScaler>,
 }
 
-/// Writes the model's trained variables (and BatchNorm statistics), the
-/// optimizer moments and the state.
-pub fn save(path: &Path, model: &Detris, opt: &Adam, state: &TrainState, all_weights: bool) -> Result<()> {
-    let mut map = weights::state_dict(model, !all_weights)?;
-    for (name, _, m, v) in &opt.params {
-        map.insert(format!("adam.exp_avg.{name}"), from_tch(m)?);
-        map.insert(format!("adam.exp_avg_sq.{name}"), from_tch(v)?);
+/// The files of a run folder.
+pub fn last_path(out: &Path) -> PathBuf {
+    out.join("last.safetensors")
+}
+pub fn best_path(out: &Path) -> PathBuf {
+    out.join("best.safetensors")
+}
+/// The official `last_model.pth` / `best_model.pth` beside the safetensors files.
+pub fn official_path(out: &Path, best: bool) -> PathBuf {
+    out.join(if best { "best_model.pth" } else { "last_model.pth" })
+}
+
+/// Everything a checkpoint holds, borrowed from the trainer.
+pub struct Snapshot<'a> {
+    pub model: &'a Detris,
+    pub opt: &'a Adam,
+    pub state: &'a TrainState,
+    pub options: &'a TrainOptions,
+    /// The validation of the epoch just finished (the official container records it).
+    pub val: Option<&'a Summary>,
+}
+
+/// Which files to write now.
+#[derive(Clone, Copy, Debug)]
+pub struct Which {
+    pub last: bool,
+    pub best: bool,
+    pub formats: SaveFormat,
+}
+
+impl Which {
+    /// Inside an epoch: `last` alone, in the format that can continue mid-epoch.
+    pub const MID_EPOCH: Which = Which { last: true, best: false, formats: SaveFormat::Safetensors };
+}
+
+/// Writes the files `which` names into the run folder `out`, each atomically.
+pub fn save(out: &Path, which: Which, snap: &Snapshot) -> Result<()> {
+    if which.formats.safetensors() {
+        if which.last {
+            safetensors::save(&last_path(out), snap)?;
+        }
+        if which.best {
+            // `best` is its own atomic file (no partial copies).
+            safetensors::save(&best_path(out), snap)?;
+        }
     }
-    let mut meta = weights::metadata_for(&map, &model.config)?;
-    let mut st = state.clone();
-    st.options["adam_step"] = serde_json::json!(opt.step);
-    meta.insert(META_TRAIN_STATE.into(), serde_json::to_string(&st)?);
-    detris_io::safetensors_file::write(path, &map, &meta)?;
+    if which.formats.pth() {
+        let run = pth::RunRecord::of(snap);
+        for (wanted, best) in [(which.last, false), (which.best, true)] {
+            if wanted {
+                pth::save(&official_path(out, best), snap.model, snap.opt, &run)?;
+            }
+        }
+    }
     Ok(())
 }
 
-/// Restores weights, optimizer moments and state from a checkpoint.
-pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<TrainState> {
-    let (map, meta) = weights::read_weights(path)?;
-    let state: TrainState = serde_json::from_str(
-        meta.get(META_TRAIN_STATE).with_context(|| format!("{}: not a detris training checkpoint", path.display()))?,
-    )
-    .with_context(|| format!("{}: unreadable training state", path.display()))?;
-    let (model_part, adam_part): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        map.into_iter().partition(|(k, _)| !k.starts_with("adam."));
-    let report = weights::load_map(model, &model_part, false)?;
-    report.check(&path.display().to_string())?;
-    for (name, _, m, v) in &mut opt.params {
-        let (Some(em), Some(ev)) =
-            (adam_part.get(&format!("adam.exp_avg.{name}")), adam_part.get(&format!("adam.exp_avg_sq.{name}")))
-        else {
-            bail!("{}: no optimizer state for `{name}`", path.display());
-        };
-        tch::no_grad(|| -> Result<()> {
-            m.copy_(&to_tch(em)?.to_kind(m.kind()));
-            v.copy_(&to_tch(ev)?.to_kind(v.kind()));
-            Ok(())
-        })?;
+/// What a checkpoint says of the run it comes from.
+pub enum Resumed {
+    /// detris's checkpoint: the exact position and the options it ran with.
+    Detris { state: TrainState, options: TrainOptions },
+    /// The official container: the epochs finished and the best mIoU.
+    Official(pth::OfficialState),
+}
+
+/// Loads a checkpoint of either format into the model and the optimizer
+/// (a zip archive is the official container; anything else must be detris's).
+pub fn read(path: &Path, model: &Detris, opt: &mut Adam) -> Result<Resumed> {
+    if FileKind::sniff(path)? == FileKind::TorchZip {
+        Ok(Resumed::Official(pth::load(path, model, opt)?))
+    } else {
+        let (state, options) = safetensors::load(path, model, opt)?;
+        Ok(Resumed::Detris { state, options })
     }
-    opt.step = state.options.get("adam_step").and_then(|s| s.as_i64()).unwrap_or(0);
-    Ok(state)
 }

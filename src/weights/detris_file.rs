@@ -77,8 +77,12 @@ pub fn verify_checksum(path: &Path, map: &TensorMap, meta: &BTreeMap<String, Str
 /// and BatchNorm statistics) with the full config and a checksum in its
 /// metadata, atomically.
 pub fn save_model(model: &Detris, path: &Path, trainable_only: bool) -> Result<()> {
-    let map = state_dict(model, trainable_only)?;
-    let meta = metadata_for(&map, &model.config)?;
-    detris_io::safetensors_file::write(path, &map, &meta)?;
+    write(path, &state_dict(model, trainable_only)?, &model.config)
+}
+
+/// Writes `map` as a detris safetensors file of a model with config `cfg`, atomically.
+pub fn write(path: &Path, map: &TensorMap, cfg: &DetrisConfig) -> Result<()> {
+    let meta = metadata_for(map, cfg)?;
+    detris_io::safetensors_file::write(path, map, &meta)?;
     Ok(())
 }

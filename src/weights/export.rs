@@ -1,11 +1,36 @@
 //! Smaller files to ship: the token embedding pruned to the words a data set
 //! uses (and widened back on load), and f16 storage.
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 use detris_io::tensor::{DType, TensorMap};
 use tch::Tensor;
 
 use super::convert::{from_tch, to_tch};
+use super::strict::state_dict;
+use crate::model::Detris;
+
+/// How an exported detris file is made smaller.
+#[derive(Clone, Debug, Default)]
+pub struct Shrink {
+    /// Keep only these token-embedding rows (see [`prune_vocab`]).
+    pub keep_token_ids: Option<Vec<i64>>,
+    /// Store the floats as f16 (see [`to_f16`]).
+    pub f16: bool,
+}
+
+/// Writes every weight of `model` as a detris safetensors file, made smaller as `shrink` says.
+pub fn export_model(model: &Detris, path: &Path, shrink: &Shrink) -> Result<()> {
+    let mut map = state_dict(model, false)?;
+    if let Some(ids) = &shrink.keep_token_ids {
+        prune_vocab(&mut map, ids)?;
+    }
+    if shrink.f16 {
+        to_f16(&mut map);
+    }
+    super::detris_file::write(path, &map, &model.config)
+}
 
 /// Name of the id list stored beside a pruned token embedding.
 pub const VOCAB_IDS: &str = "detris.vocab_ids";

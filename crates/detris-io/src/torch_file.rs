@@ -148,25 +148,56 @@ fn open(path: &Path) -> Result<Opened> {
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let map = Arc::new(map);
     let bytes: &[u8] = &map;
-    if zip_archive::looks_like_zip(bytes) {
+    let kind = FileKind::of(bytes).map_err(|what| Error::invalid(path, what))?;
+    if kind == FileKind::TorchZip {
         let mut zip = zip_archive::TorchZip::open(map.clone()).map_err(|what| Error::invalid(path, what))?;
         let pickle_name = zip.pickle_name();
         let pkl = zip.pickle().map_err(|what| Error::invalid(path, what))?;
         let root = pickle::parse(pkl.as_slice()).map_err(|e| in_entry(e, path, &pickle_name))?;
         Ok(Opened::Pickled { root, storages: Box::new(zip), pickle_name })
-    } else if legacy::looks_like_pickle(bytes) {
+    } else if kind == FileKind::LegacyPickle {
         let (root, file) = legacy::open(map.clone()).map_err(|what| Error::invalid(path, what))?;
         Ok(Opened::Pickled { root, storages: Box::new(file), pickle_name: "legacy torch.save pickle".into() })
-    } else if bytes.get(8) == Some(&b'{') {
-        Ok(Opened::Safetensors)
-    } else if bytes.is_empty() {
-        Err(Error::invalid(path, "the file is empty, not a checkpoint"))
     } else {
-        Err(Error::invalid(
-            path,
-            "not a weight file: neither a zip archive (torch.save, TorchScript), \
-             a legacy torch.save pickle, nor safetensors",
-        ))
+        Ok(Opened::Safetensors)
+    }
+}
+
+/// What a weight file is, told from its first bytes (never from its name):
+/// the one sniffer every reader of weight files asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A zip archive: `torch.save` (torch ≥ 1.6) or TorchScript.
+    TorchZip,
+    /// A legacy (pre-zip) `torch.save` pickle.
+    LegacyPickle,
+    /// A safetensors file (u64 header length, then the JSON header).
+    Safetensors,
+}
+
+impl FileKind {
+    /// The kind of the file at `path` (reads its first bytes only).
+    pub fn sniff(path: &Path) -> Result<FileKind> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(9);
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        file.take(9).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+        FileKind::of(&head).map_err(|what| Error::invalid(path, what))
+    }
+
+    fn of(bytes: &[u8]) -> std::result::Result<FileKind, &'static str> {
+        if zip_archive::looks_like_zip(bytes) {
+            Ok(FileKind::TorchZip)
+        } else if legacy::looks_like_pickle(bytes) {
+            Ok(FileKind::LegacyPickle)
+        } else if bytes.get(8) == Some(&b'{') {
+            Ok(FileKind::Safetensors)
+        } else if bytes.is_empty() {
+            Err("the file is empty, not a checkpoint")
+        } else {
+            Err("not a weight file: neither a zip archive (torch.save, TorchScript), \
+                 a legacy torch.save pickle, nor safetensors")
+        }
     }
 }
 

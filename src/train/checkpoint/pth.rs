@@ -3,7 +3,8 @@
 //! 'scheduler'}` with `module.`-prefixed keys in the official order, the Adam
 //! state indexed by position in the two official parameter groups, and the
 //! MultiStepLR state. The official `test.py`, `demo.py` and `train.py
-//! --resume` load what [`save`] writes; `Trainer::resume_official` continues an official run.
+//! --resume` load what [`save`] writes; `Trainer::resume_from` continues an
+//! official run from what [`load`] reads.
 
 use std::path::Path;
 
@@ -13,12 +14,13 @@ use detris_io::pickle::Value;
 use detris_io::torch_file::writer::TorchSave;
 use detris_io::RawTensor;
 
-use super::adam::Adam;
-use super::official_order::official_order;
+use super::param_order::official_order;
+use super::Snapshot;
 use crate::model::Detris;
-use crate::weights::{self, from_tch, to_tch};
-
-const DDP_PREFIX: &str = "module.";
+use crate::train::adam::{Adam, Param};
+use crate::train::history::prec_by_label;
+use crate::train::recipe::{Recipe, Schedule};
+use crate::weights::{self, from_tch, to_tch, DDP_PREFIX};
 
 /// What the official loop records beside the weights after an epoch.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,16 +40,33 @@ pub struct RunRecord {
     pub bn_batches: i64,
 }
 
+impl RunRecord {
+    /// What the official loop records after the epoch `snap` has just finished.
+    pub fn of(snap: &Snapshot) -> RunRecord {
+        let (state, schedule) = (snap.state, &snap.options.schedule);
+        RunRecord {
+            epoch: state.epoch,
+            cur_iou: snap.val.map_or(0.0, |v| v.miou),
+            best_iou: state.best_miou.unwrap_or(0.0),
+            prec: snap.val.map(prec_by_label).unwrap_or_default(),
+            milestones: schedule.milestones.clone(),
+            gamma: schedule.lr_decay,
+            base_lr: schedule.base_lr,
+            bn_batches: state.global_step as i64,
+        }
+    }
+}
+
 /// The optimizer's parameters as the official `param_groups` list them:
 /// group after group, each in state-dict order. Returns (detris index into
 /// `opt.params`) per official position, and the group sizes.
 fn official_positions(opt: &Adam) -> Result<(Vec<usize>, Vec<usize>)> {
-    let names: Vec<&str> = opt.params.iter().map(|(n, _, _, _)| n.as_str()).collect();
+    let names: Vec<&str> = opt.params.iter().map(|p| p.name.as_str()).collect();
     let order = official_order(&names)?;
     let mut positions = Vec::new();
     let mut sizes = Vec::new();
     for g in 0..opt.groups.len() {
-        let members: Vec<usize> = order.iter().copied().filter(|&i| opt.group_of[i] == g).collect();
+        let members: Vec<usize> = order.iter().copied().filter(|&i| opt.params[i].group == g).collect();
         sizes.push(members.len());
         positions.extend(members);
     }
@@ -89,12 +108,12 @@ pub fn save(path: &Path, model: &Detris, opt: &Adam, run: &RunRecord) -> Result<
     let mut state = Vec::new();
     if opt.step > 0 {
         for (index, &i) in positions.iter().enumerate() {
-            let (_, _, m, v) = &opt.params[i];
+            let p = &opt.params[i];
             let step = RawTensor::from_f32(vec![], &[opt.step as f32]).expect("a scalar");
             let entry = P::Dict(vec![
                 (P::str("step"), save.tensor(step)),
-                (P::str("exp_avg"), save.tensor(from_tch(m)?)),
-                (P::str("exp_avg_sq"), save.tensor(from_tch(v)?)),
+                (P::str("exp_avg"), save.tensor(from_tch(&p.exp_avg)?)),
+                (P::str("exp_avg_sq"), save.tensor(from_tch(&p.exp_avg_sq)?)),
             ]);
             state.push((P::Int(index as i64), entry));
         }
@@ -202,8 +221,8 @@ pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<OfficialState
         let Some((_, entry)) = state.iter().find(|(k, _)| k.as_i64() == Some(index)) else {
             continue;
         };
-        let (name, p, m, v) = &mut opt.params[i];
-        for (key, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
+        let Param { name, tensor: p, exp_avg, exp_avg_sq, .. } = &mut opt.params[i];
+        for (key, dst) in [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)] {
             let t = entry
                 .get(key)
                 .and_then(|t| reader.tensor(t).transpose())
@@ -246,28 +265,19 @@ fn number(v: &Value, reader: &mut detris_io::torch_file::TensorReader) -> Result
     Ok(t.to_f64_vec()[0])
 }
 
-/// Whether `path` is a zip archive (a `torch.save` file) rather than safetensors.
-pub fn is_torch_zip(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 4];
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(n == 4 && &head == b"PK\x03\x04")
-}
-
 /// A model alone in the official container: the official optimizer over
 /// its trainable parameters before any step, the schedule at its start.
-pub fn export(path: &Path, model: &Detris) -> Result<()> {
+pub fn export_model(path: &Path, model: &Detris) -> Result<()> {
     let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-    let defaults = super::recipe::Recipe::default();
-    let opt = Adam::official(trainable, 1e-4, defaults.lr_multi, defaults.weight_decay, defaults.max_norm);
+    let schedule = Schedule::default();
+    let opt = Adam::official(trainable, &Recipe::default().adam_options(schedule.base_lr));
     let run = RunRecord {
         epoch: 0,
         cur_iou: 0.0,
         best_iou: 0.0,
         prec: Vec::new(),
-        milestones: vec![35, 55],
-        gamma: 0.1,
+        milestones: schedule.milestones,
+        gamma: schedule.lr_decay,
         base_lr: opt.lr,
         bn_batches: 0,
     };

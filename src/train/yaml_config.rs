@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::recipe::{Recipe, Schedule, DEFAULT_DATASET, DEFAULT_TRAIN_SPLIT, DEFAULT_VAL_SPLIT};
 use crate::config::DetrisConfig;
 
 /// What a key's value must be.
@@ -125,20 +126,23 @@ fn key_spec(key: &str) -> Option<&'static (&'static str, &'static str, Type, &'s
 
 /// The keys of an official config, flattened as `utils/config.py` does.
 #[derive(Clone, Debug)]
-pub struct OfficialYaml {
+pub struct YamlConfig {
     /// The file, or `None` for the built-in DETRIS-B RefCOCO recipe.
     pub path: Option<PathBuf>,
     keys: BTreeMap<String, Value>,
 }
 
-impl OfficialYaml {
+impl YamlConfig {
     /// The official DETRIS-B RefCOCO recipe (`config/refcoco/DETRIS_base.yaml`).
-    pub fn detris_b_refcoco() -> OfficialYaml {
+    pub fn detris_b_refcoco() -> YamlConfig {
+        // The recipe's numbers from their one place, the recipe's defaults.
+        let (s, r) = (Schedule::default(), Recipe::default());
         // Three literals: one would exceed the macro recursion limit.
         let parts = [
             json!({
-                "dataset": "refcoco", "train_lmdb": "datasets/lmdb/refcoco/train.lmdb", "train_split": "train",
-                "val_lmdb": "datasets/lmdb/refcoco/val.lmdb", "val_split": "val",
+                "dataset": DEFAULT_DATASET, "train_lmdb": "datasets/lmdb/refcoco/train.lmdb",
+                "train_split": DEFAULT_TRAIN_SPLIT, "val_lmdb": "datasets/lmdb/refcoco/val.lmdb",
+                "val_split": DEFAULT_VAL_SPLIT,
                 "mask_root": "datasets/masks/refcoco", "test_split": "val-test",
                 "test_lmdb": "datasets/lmdb/refcoco/val.lmdb", "visualize": false,
             }),
@@ -153,11 +157,12 @@ impl OfficialYaml {
                 "intermediate": false,
             }),
             json!({
-                "workers": 32, "workers_val": 16, "epochs": 65, "milestones": [35, 55], "start_epoch": 0,
-                "batch_size": 32, "batch_size_val": 64, "base_lr": 0.0001, "lr_decay": 0.1, "lr_multi": 1,
-                "weight_decay": 0.0, "max_norm": 0.0, "manual_seed": 0, "print_freq": 100,
-                "exp_name": "DETRIS_base", "output_folder": "exp/refcoco", "save_freq": 1, "weight": null,
-                "resume": null, "evaluate": true,
+                "workers": 32, "workers_val": 16, "epochs": s.epochs, "milestones": s.milestones,
+                "start_epoch": r.start_epoch, "batch_size": s.batch_size, "batch_size_val": r.batch_size_val,
+                "base_lr": s.base_lr, "lr_decay": s.lr_decay, "lr_multi": r.lr_multi,
+                "weight_decay": r.weight_decay, "max_norm": r.max_norm, "manual_seed": s.seed,
+                "print_freq": r.print_freq, "exp_name": "DETRIS_base", "output_folder": "exp/refcoco",
+                "save_freq": r.save_freq, "weight": null, "resume": null, "evaluate": r.evaluate,
             }),
         ];
         let mut map = serde_json::Map::new();
@@ -166,12 +171,12 @@ impl OfficialYaml {
                 map.extend(m);
             }
         }
-        OfficialYaml { path: None, keys: map.into_iter().collect() }
+        YamlConfig { path: None, keys: map.into_iter().collect() }
     }
 
     /// Reads a config file: every key must be one of the official ones, with
     /// a value of its type.
-    pub fn read(path: &Path) -> Result<OfficialYaml> {
+    pub fn read(path: &Path) -> Result<YamlConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let yaml: serde_norway::Value =
             serde_norway::from_str(&text).with_context(|| format!("{}: not valid YAML", path.display()))?;
@@ -190,7 +195,7 @@ impl OfficialYaml {
                 keys.insert(key, value);
             }
         }
-        Ok(OfficialYaml { path: Some(path.to_path_buf()), keys })
+        Ok(YamlConfig { path: Some(path.to_path_buf()), keys })
     }
 
     /// `--opts KEY VALUE ...` as `merge_cfg_from_list`: the key's last dotted
@@ -285,14 +290,14 @@ impl OfficialYaml {
 
     /// The model the config describes: the DINOv2 its `dino_name` names,
     /// with its adapter layers and dims, taps, word length and head sizes
-    /// (the key → field tables are in `weights::official`, the one place for
-    /// foreign names); what detris cannot build is refused here, by key.
+    /// (the key → field tables are in `weights::config_files`, beside the
+    /// other config readers); what detris cannot build is refused here, by key.
     pub fn model_config(&self) -> Result<DetrisConfig> {
         let here = |key: &str| self.at(key);
         if let Some(other) = self.string("dino_name").filter(|n| n != "dino-base" && n != "dinov2-large") {
             bail!("{}: `{other}` is refused: the DINOv2 models are dino-base and dinov2-large", here("dino_name"));
         }
-        let c = crate::weights::official::config_from_yaml_keys(&self.keys);
+        let c = crate::weights::config_files::config_from_yaml_keys(&self.keys);
         if let Some(f) = self.list("fpn_in") {
             if f.len() != 3 || f.iter().any(|&w| w != c.dino_dim) {
                 bail!("{}: {f:?} is refused: it must be the DINOv2 width {} three times", here("fpn_in"), c.dino_dim);
@@ -437,7 +442,7 @@ mod tests {
 
     #[test]
     fn opts_override_by_last_component_with_type_checks() {
-        let mut y = OfficialYaml::detris_b_refcoco();
+        let mut y = YamlConfig::detris_b_refcoco();
         y.merge_opts(&["TRAIN.base_lr".into(), "2e-4".into(), "milestones".into(), "[10]".into()]).unwrap();
         assert_eq!((y.f64("base_lr"), y.list("milestones")), (Some(2e-4), Some(vec![10])));
         y.merge_opts(&["TRAIN.weight".into(), "w.pth".into(), "DATA.dataset".into(), "refcoco+".into()]).unwrap();
@@ -451,7 +456,7 @@ mod tests {
 
     #[test]
     fn the_built_in_recipe_is_detris_b() {
-        let y = OfficialYaml::detris_b_refcoco();
+        let y = YamlConfig::detris_b_refcoco();
         for (_, key, ty, _) in KEYS {
             assert!(ty.accepts(&y.keys[*key]) || y.keys[*key].is_null(), "{key}");
         }

@@ -1,0 +1,76 @@
+//! detris's training checkpoint: one safetensors file holding the trained
+//! weights, the Adam moments and (in its metadata) the config, the options
+//! and the position in the run, written atomically (temp file, fsync, rename)
+//! so that a kill at any moment leaves the previous checkpoint intact.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Snapshot, TrainState};
+use crate::model::Detris;
+use crate::train::adam::Adam;
+use crate::train::recipe::TrainOptions;
+use crate::weights::{self, from_tch, to_tch};
+
+pub const META_TRAIN_STATE: &str = "detris.train_state";
+
+/// The metadata entry [`META_TRAIN_STATE`]: the position, the options, Adam's step.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    state: TrainState,
+    options: TrainOptions,
+    /// Absent from files written before it had its own field (it rode in
+    /// `options` then; [`load`] reads it from there).
+    #[serde(default)]
+    adam_step: Option<i64>,
+}
+
+/// Writes the model's trained variables (all of them when the backbones
+/// train too; BatchNorm statistics always), the optimizer moments and the state.
+pub fn save(path: &Path, snap: &Snapshot) -> Result<()> {
+    let mut map = weights::state_dict(snap.model, !snap.options.train_backbones)?;
+    for p in &snap.opt.params {
+        map.insert(format!("adam.exp_avg.{}", p.name), from_tch(&p.exp_avg)?);
+        map.insert(format!("adam.exp_avg_sq.{}", p.name), from_tch(&p.exp_avg_sq)?);
+    }
+    let mut meta = weights::metadata_for(&map, &snap.model.config)?;
+    let stored = Stored { state: snap.state.clone(), options: snap.options.clone(), adam_step: Some(snap.opt.step) };
+    meta.insert(META_TRAIN_STATE.into(), serde_json::to_string(&stored)?);
+    detris_io::safetensors_file::write(path, &map, &meta)?;
+    Ok(())
+}
+
+/// Restores weights, optimizer moments and step from a checkpoint; returns
+/// the run's position and the options it ran with.
+pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<(TrainState, TrainOptions)> {
+    let (map, meta) = weights::read_weights(path)?;
+    let json =
+        meta.get(META_TRAIN_STATE).with_context(|| format!("{}: not a detris training checkpoint", path.display()))?;
+    let unreadable = || format!("{}: unreadable training state", path.display());
+    let mut value: serde_json::Value = serde_json::from_str(json).with_context(unreadable)?;
+    let older_step = value.get_mut("options").and_then(|o| o.as_object_mut()?.remove("adam_step"));
+    let stored: Stored = serde_json::from_value(value).with_context(unreadable)?;
+    let (model_part, adam_part): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        map.into_iter().partition(|(k, _)| !k.starts_with("adam."));
+    let report = weights::load_map(model, &model_part, false)?;
+    report.check(&path.display().to_string())?;
+    for p in &mut opt.params {
+        let name = &p.name;
+        let (Some(em), Some(ev)) =
+            (adam_part.get(&format!("adam.exp_avg.{name}")), adam_part.get(&format!("adam.exp_avg_sq.{name}")))
+        else {
+            bail!("{}: no optimizer state for `{name}`", path.display());
+        };
+        tch::no_grad(|| -> Result<()> {
+            p.exp_avg.copy_(&to_tch(em)?.to_kind(p.exp_avg.kind()));
+            p.exp_avg_sq.copy_(&to_tch(ev)?.to_kind(p.exp_avg_sq.kind()));
+            Ok(())
+        })?;
+    }
+    opt.step = stored.adam_step.or_else(|| older_step.and_then(|s| s.as_i64())).unwrap_or(0);
+    Ok((stored.state, stored.options))
+}
