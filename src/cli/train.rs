@@ -64,6 +64,7 @@ fn train(mut a: TrainArgs) -> Result<()> {
         None => model,
     };
     let mut trainer = Trainer::new(model, plan.options(data, precision.resolve(device).precision), &plan.out)?;
+    trainer.progress_bar = std::env::var_os("DETRIS_NO_PROGRESS").is_none();
     let last = trainer.last_path();
     let resume = match &plan.resume_from {
         Some(from) => Some((from.clone(), "--resume-from")),

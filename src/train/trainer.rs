@@ -28,6 +28,8 @@ pub struct Trainer {
     pub state: TrainState,
     pub opts: TrainOptions,
     pub out: PathBuf,
+    /// Draw a progress bar (rank 0 only); without it, log lines every `print_freq` steps.
+    pub progress_bar: bool,
 }
 
 /// One epoch's training, summed as it goes.
@@ -65,7 +67,7 @@ impl Trainer {
         // The official optimizer (two groups, weight decay, clipping) and first epoch.
         let opt = Adam::official(trainable, &opts.recipe.adam_options(opts.schedule.base_lr));
         let state = TrainState { epoch: opts.recipe.start_epoch, ..Default::default() };
-        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf() })
+        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true })
     }
 
     pub fn last_path(&self) -> PathBuf {
@@ -177,7 +179,7 @@ impl Trainer {
     ) -> Result<EpochTotals> {
         let epoch = self.state.epoch;
         self.opt.lr = self.opts.schedule.lr_at(epoch);
-        let bar = progress_bar(per_epoch as u64, epoch, self.opts.schedule.epochs);
+        let bar = progress_bar(per_epoch as u64, epoch, self.opts.schedule.epochs, self.progress_bar && is_main());
         bar.set_position(self.state.batch_in_epoch as u64);
         let mut totals = EpochTotals { loss_sum: 0.0, steps: 0, started: Instant::now() };
         let (device, seed) = (self.model.device(), self.opts.schedule.seed);
@@ -363,7 +365,7 @@ fn grads_finite(opt: &Adam) -> bool {
     flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
 }
 
-fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+fn progress_bar(len: u64, epoch: usize, epochs: usize, shown: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
@@ -371,7 +373,7 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() || !crate::distributed::is_main() {
+    if !shown {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar

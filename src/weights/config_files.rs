@@ -144,7 +144,7 @@ mod tests {
         for ds in std::fs::read_dir(&root).unwrap().map(|d| d.unwrap().path()).filter(|d| d.is_dir()) {
             for path in std::fs::read_dir(&ds).unwrap().map(|f| f.unwrap().path()) {
                 let yaml: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-                // Sections flattened, as `train::official_yaml` reads them.
+                // Sections flattened, as `train::yaml_config` reads them.
                 let keys: BTreeMap<String, Value> =
                     yaml.as_object().unwrap().values().flat_map(|s| s.as_object().unwrap().clone()).collect();
                 let stem = path.file_stem().unwrap().to_string_lossy().into_owned();

@@ -74,3 +74,51 @@ pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<(TrainState, 
     opt.step = stored.adam_step.or_else(|| older_step.and_then(|s| s.as_i64())).unwrap_or(0);
     Ok((stored.state, stored.options))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::DataSpec;
+    use crate::train::recipe::{Recipe, Schedule};
+
+    /// A checkpoint written before Adam's step had its own field (it rode in
+    /// `options.adam_step`) still resumes at that step.
+    #[test]
+    fn adam_step_is_read_from_the_options_of_older_checkpoints() {
+        let cfg = crate::weights::read_config_file(&detris_io::fixtures::path("tiny/config.json")).unwrap();
+        let model = Detris::new(cfg, tch::Device::Cpu).unwrap();
+        let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        let mut opt = Adam::official(trainable, &Recipe::default().adam_options(1e-4));
+        opt.step = 7;
+        let data = DataSpec { root: "d".into(), dataset: "s".into(), train_split: "t".into(), val_split: "v".into() };
+        let options = TrainOptions {
+            data,
+            schedule: Schedule::default(),
+            precision: crate::device::Precision::F32,
+            max_steps: None,
+            save_every: None,
+            train_backbones: false,
+            val_limit: 0,
+            workers: 1,
+            recipe: Recipe::default(),
+        };
+        let state = TrainState { epoch: 2, global_step: 7, ..Default::default() };
+        let path = std::env::temp_dir().join(format!("detris-old-checkpoint-{}.safetensors", std::process::id()));
+        save(&path, &Snapshot { model: &model, opt: &opt, state: &state, options: &options, val: None }).unwrap();
+        // Rewrite the metadata as older versions wrote it.
+        let (map, mut meta) = detris_io::safetensors_file::read(&path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&meta[META_TRAIN_STATE]).unwrap();
+        let step = v.as_object_mut().unwrap().remove("adam_step").unwrap();
+        v["options"]["adam_step"] = step;
+        meta.insert(META_TRAIN_STATE.into(), v.to_string());
+        detris_io::safetensors_file::write(&path, &map, &meta).unwrap();
+        let mut fresh = Adam::official(
+            model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect(),
+            &Recipe::default().adam_options(1e-4),
+        );
+        let (read, read_options) = load(&path, &model, &mut fresh).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!((fresh.step, read), (7, state));
+        assert_eq!(serde_json::to_value(read_options).unwrap(), serde_json::to_value(options).unwrap());
+    }
+}
