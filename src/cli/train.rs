@@ -150,6 +150,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         batch_size_val: y.usize("batch_size_val").unwrap_or(defaults.batch_size_val),
         print_freq: y.usize("print_freq").map_or(defaults.print_freq, |f| f as u64),
         save_format: a.save_format.unwrap_or_default(),
+        sync_bn: a.sync_bn.or_else(|| y.bool("sync_bn")).unwrap_or(defaults.sync_bn),
     };
     // Launcher settings come from a YAML file only (the built-in recipe's 32 workers suit the Python loader).
     let workers = a.workers.or_else(|| if from_file { y.usize("workers") } else { None }).unwrap_or(2);
@@ -198,7 +199,6 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             batch_size % world
         )));
     }
-    detris::distributed::sync_bn::enable(a.sync_bn.or_else(|| y.bool("sync_bn")).unwrap_or(true));
     if !data.is_dir() {
         return Err(super::usage(format!(
             "--data {}: no such folder (the official configs' *_lmdb files are not read: give the root of \

@@ -45,6 +45,9 @@ pub struct Recipe {
     /// Steps between log lines when there is no progress bar.
     pub print_freq: u64,
     pub save_format: SaveFormat,
+    /// Data-parallel runs: SyncBatchNorm, BatchNorm statistics over the
+    /// global batch (the official `sync_bn`; one process sees it whole anyway).
+    pub sync_bn: bool,
 }
 
 impl Default for Recipe {
@@ -60,6 +63,7 @@ impl Default for Recipe {
             batch_size_val: 64,
             print_freq: 100,
             save_format: SaveFormat::Safetensors,
+            sync_bn: true,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::precision::{GradScaler, MixedPrecision};
 use super::recipe::Recipe;
 use crate::data::{self, DataSpec};
 use crate::device::Precision;
+use crate::distributed::sync_bn::SyncBn;
 use crate::model::{Ctx, Detris, Levers};
 use detris_io::data::loader::Mode;
 
@@ -102,6 +103,7 @@ impl Trainer {
         then.recipe.save_freq = self.opts.recipe.save_freq;
         then.recipe.print_freq = self.opts.recipe.print_freq;
         then.recipe.batch_size_val = self.opts.recipe.batch_size_val;
+        then.recipe.sync_bn = self.opts.recipe.sync_bn;
         if serde_json::to_value(&then)? != serde_json::to_value(&self.opts)? {
             bail!(
                 "{}: --resume with different training options than the checkpoint's; they were:\n{}",
@@ -203,6 +205,7 @@ impl Trainer {
         }
         let metrics_path = self.out.join("metrics.jsonl");
         let mut precision = MixedPrecision::new(self.opts.precision, device)?;
+        let sync_bn = SyncBn::for_run(self.opts.recipe.sync_bn);
         if let Some(scaler) = &self.state.grad_scaler {
             precision.scaler = scaler.clone();
         }
@@ -241,6 +244,7 @@ impl Trainer {
                     &batch.ids,
                     &batch.target,
                     Levers::FAST,
+                    sync_bn.as_ref(),
                     &mut precision,
                 )?;
                 // Data-parallel: the mean over ranks, so that all stop together.
@@ -366,8 +370,10 @@ impl Trainer {
 
 /// One optimizer step, as the official loop: zero the gradients, forward in
 /// train mode, BCE-with-logits, backward, Adam. Returns the loss (a skipped
-/// f16 step, after a gradient overflow, returns it too).
+/// f16 step, after a gradient overflow, returns it too). `sync_bn`: the
+/// group of a data-parallel run's SyncBatchNorm (none: plain BatchNorm).
 /// img (B, 3, S, S), ids (B, L), target (B, 1, S, S).
+#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &Detris,
     opt: &mut Adam,
@@ -375,9 +381,10 @@ pub fn train_step(
     ids: &Tensor,
     target: &Tensor,
     levers: Levers,
+    sync_bn: Option<&SyncBn>,
     precision: &mut MixedPrecision,
 ) -> Result<f64> {
-    let ctx = Ctx { train: true, levers, trace: None };
+    let ctx = Ctx { train: true, levers, trace: None, sync_bn };
     opt.zero_grad();
     let autocast = precision.autocast.is_some();
     let loss = precision.forward(|| {
@@ -386,6 +393,8 @@ pub fn train_step(
         let logits = if autocast { logits.to_kind(Kind::Float) } else { logits };
         Detris::loss(&logits, target).0
     })?;
+    // A rank lost during the forward: its error, before a backward that would wait on it.
+    sync_bn.map_or(Ok(()), SyncBn::check)?;
     let value = loss.double_value(&[]);
     // Data-parallel: a backward through SyncBatchNorm talks to the other ranks.
     (loss * precision.scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
