@@ -163,7 +163,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         anyhow::bail!("several ranks time training steps whose batch divides over them");
     }
     // The official data-parallel recipe: the global batch split over the ranks, SyncBatchNorm.
-    crate::distributed::sync_bn::enable(world > 1);
+    let sync_bn = crate::distributed::sync_bn::SyncBn::for_run(true);
     let gpu_before = device.is_cuda().then(|| {
         let _ = Tensor::zeros([1], (Kind::Float, device));
         synchronize(device);
@@ -196,7 +196,8 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let target = Tensor::rand([b, 1, s, s], (Kind::Float, device)).gt(0.7).to_kind(Kind::Float);
         let model = &model;
         Box::new(move || {
-            crate::train::trainer::train_step(model, &mut opt, &img, &ids, &target, levers, &mut precision)?;
+            let sync_bn = sync_bn.as_ref();
+            crate::train::trainer::train_step(model, &mut opt, &img, &ids, &target, levers, sync_bn, &mut precision)?;
             synchronize(device);
             Ok(())
         })
@@ -206,7 +207,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let k = case.sentences as i64;
         let img = Tensor::randn([b, 3, s, s], (kind, device));
         let ids = random_ids(&cfg, b * k, device);
-        let ctx = Ctx { train: false, levers, trace: None };
+        let ctx = Ctx { train: false, levers, trace: None, sync_bn: None };
         let shared = case.mode == BenchMode::Fast;
         let sentence_batch = case
             .sentence_batch

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
+use crate::device::DeviceArg;
 use crate::model::{Ctx, Detris};
 use crate::weights::{self, ConfigChoice, WeightFiles};
 
@@ -245,9 +246,9 @@ fn check_threshold(t: f32) -> Result<()> {
 /// The weights of `files` (the shipped model when there are none) on `device` in `precision`.
 fn load_model(mut files: WeightFiles, choice: &ConfigChoice, device: Option<Device>, kind: Kind) -> Result<Detris> {
     let device = match device {
-        None => crate::device::parse_device("auto")?,
-        // Checks that the GPU exists and keeps cuDNN in true f32.
-        Some(Device::Cuda(n)) => crate::device::parse_device(&format!("cuda:{n}"))?,
+        None => DeviceArg::Auto.open()?,
+        // Checks that the GPU exists.
+        Some(Device::Cuda(n)) => DeviceArg::Cuda(n).open()?,
         Some(d) => d,
     };
     if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use detris::distributed::sync_bn::SyncBn;
 use detris::distributed::{Group, Rendezvous};
 use tch::{Device, Kind, Tensor};
 
@@ -11,18 +12,18 @@ fn free_port() -> u16 {
 }
 
 fn two_ranks<T: Send + 'static>(f: impl Fn(Group) -> T + Send + Sync + Copy + 'static) -> Vec<T> {
+    two_ranks_within(Duration::from_secs(30), f)
+}
+
+fn two_ranks_within<T: Send + 'static>(
+    timeout: Duration,
+    f: impl Fn(Group) -> T + Send + Sync + Copy + 'static,
+) -> Vec<T> {
     let port = free_port();
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
-                let r = Rendezvous {
-                    host: "127.0.0.1".into(),
-                    port,
-                    rank,
-                    world: 2,
-                    host_store: rank == 0,
-                    timeout: Duration::from_secs(30),
-                };
+                let r = Rendezvous { host: "127.0.0.1".into(), port, rank, world: 2, host_store: rank == 0, timeout };
                 f(Group::join(&r, "test/").unwrap())
             })
         })
@@ -54,6 +55,33 @@ fn allreduce_broadcast_allgather_over_gloo() {
         assert_eq!(c, vec![6.0; 4], "rank 1's value everywhere");
         assert_eq!(gathered, vec![vec![0, 7], vec![1, 7]], "rank order");
     }
+}
+
+#[test]
+fn sync_batchnorm_without_its_peer_goes_on_locally_and_the_step_names_the_lost_rank() {
+    let out = two_ranks_within(Duration::from_secs(10), |g| {
+        if g.rank == 1 {
+            return None; // rank 1 leaves: its group is dropped
+        }
+        let sync = SyncBn::new(&g);
+        let x = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let (weight, bias) =
+            (Tensor::randn([3], (Kind::Float, Device::Cpu)), Tensor::zeros([3], (Kind::Float, Device::Cpu)));
+        let (mean, var) =
+            (Tensor::zeros([3], (Kind::Float, Device::Cpu)), Tensor::ones([3], (Kind::Float, Device::Cpu)));
+        let y = sync.forward(&x, &weight, &bias, &mean, &var, 0.1, 1e-5);
+        let local = x.batch_norm(Some(&weight), Some(&bias), None::<&Tensor>, None::<&Tensor>, true, 0.1, 1e-5, false);
+        let diff = (y - local).abs().max().double_value(&[]);
+        let untouched = mean.abs().max().double_value(&[]) == 0.0 && var.eq(1.0).all().int64_value(&[]) == 1;
+        let error = sync.check().map_err(|e| format!("{e:#}"));
+        Some((diff, untouched, error, sync.check().is_ok()))
+    });
+    let (diff, untouched, error, then_clear) = out[0].clone().expect("rank 0's result");
+    assert_eq!(diff, 0.0, "the forward goes on with this rank's batch statistics");
+    assert!(untouched, "the running statistics are left as they were");
+    let e = error.expect_err("the failure is kept for the step");
+    assert!(e.contains("SyncBatchNorm") && e.contains("lost rank 1"), "{e}");
+    assert!(then_clear, "a check takes the failure");
 }
 
 use detris::distributed::sampler::{randperm, DistributedSampler};

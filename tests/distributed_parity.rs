@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use detris::distributed::sync_bn::SyncBn;
 use detris::distributed::{self, launch};
 use detris::model::{Ctx, Levers};
 use detris::train::adam::Adam;
@@ -30,7 +31,6 @@ const LR: f64 = 1e-4;
 fn rank_main(out: &str) {
     let l = launch::from_env(&launch::process_env, Duration::from_secs(60)).unwrap().expect("torchrun variables");
     distributed::init(&l).unwrap();
-    distributed::sync_bn::enable(true);
     let rank = l.rendezvous.rank as i64;
     let mut cfg = tiny_config();
     cfg.dropout = 0.0;
@@ -42,13 +42,16 @@ fn rank_main(out: &str) {
     let mask = tr["input.mask"].to_kind(Kind::Double).narrow(0, rank, 1);
     let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     let mut opt = Adam::new(trainable, LR);
-    let ctx = Ctx { train: true, levers: Levers::all(false), trace: None };
+    let sync_bn = SyncBn::for_run(true);
+    assert!(sync_bn.is_some(), "SyncBatchNorm over the two ranks");
+    let ctx = Ctx { train: true, levers: Levers::all(false), trace: None, sync_bn: sync_bn.as_ref() };
     let vars = model.vs.variables();
     let mut saved: Vec<(String, Tensor)> = Vec::new();
     let mut losses = Vec::new();
     for step in 0..3 {
         opt.zero_grad();
         let (loss, _) = Detris::loss(&model.forward(&img, &ids, &ctx), &mask);
+        sync_bn.as_ref().map_or(Ok(()), SyncBn::check).unwrap();
         losses.push(distributed::mean_over_ranks(loss.double_value(&[])).unwrap());
         loss.backward();
         distributed::average_gradients(opt.tensors()).unwrap();

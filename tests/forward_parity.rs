@@ -16,7 +16,7 @@ fn run(kind: Kind, levers: Levers, tol: f64) {
     let device = test_device();
     let model = tiny_model_on(tiny_config(), kind, device);
     let trace = Trace::default();
-    let ctx = Ctx { train: false, levers, trace: Some(&trace) };
+    let ctx = Ctx { train: false, levers, trace: Some(&trace), sync_bn: None };
     let img = io["input.img"].to_kind(kind).to_device(device);
     let logits = tch::no_grad(|| model.forward(&img, &io["input.word"].to_device(device), &ctx));
     let mut worst = (0.0, String::new());
@@ -75,7 +75,7 @@ fn half_precision_forward_is_close_to_reference() {
         let img = io["input.img"].to_kind(kind).to_device(device);
         let ids = io["input.word"].to_device(device);
         for levers in every_mode() {
-            let ctx = Ctx { train: false, levers, trace: None };
+            let ctx = Ctx { train: false, levers, trace: None, sync_bn: None };
             let logits = tch::no_grad(|| model.forward(&img, &ids, &ctx));
             assert_eq!(logits.kind(), kind, "the forward stays in {kind:?}");
             let err = rel_l2(&logits, reference);

@@ -36,7 +36,7 @@ fn train_three_steps(kind: Kind, fast: bool) -> Run {
     let mask = tr["input.mask"].to_kind(kind);
     let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     let mut opt = Adam::new(trainable, 1e-4);
-    let ctx = Ctx { train: true, levers: Levers::all(fast), trace: None };
+    let ctx = Ctx { train: true, levers: Levers::all(fast), trace: None, sync_bn: None };
     let vars = model.vs.variables();
     let mut run = Run { losses: vec![], grads0: BTreeMap::new(), bn0: BTreeMap::new(), params3: BTreeMap::new() };
     for step in 0..3 {

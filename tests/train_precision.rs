@@ -35,7 +35,8 @@ fn three_steps(precision: Precision) -> Run {
     let mut run = Run { losses: vec![], grads0: BTreeMap::new(), params3: BTreeMap::new() };
     for step in 0..3 {
         let loss =
-            train_step(&model, &mut opt, &io["input.img"], &io["input.word"], &mask, Levers::FAST, &mut mp).unwrap();
+            train_step(&model, &mut opt, &io["input.img"], &io["input.word"], &mask, Levers::FAST, None, &mut mp)
+                .unwrap();
         run.losses.push(loss);
         if step == 0 {
             for (name, v) in &trainable {

@@ -44,7 +44,6 @@ fn train(mut a: TrainArgs) -> Result<()> {
         return Ok(());
     }
     let data = plan.data_spec(detris::distributed::rank_and_size().1)?;
-    detris::distributed::sync_bn::enable(plan.sync_bn);
     // Before any loading: a precision the device cannot train in.
     let device = a.model.device.open().map_err(|e| super::usage(e.to_string()))?;
     let precision = a.request.precision;

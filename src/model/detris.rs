@@ -12,6 +12,7 @@ use super::layers::Ctx;
 use super::neck::Neck;
 use super::projector::Projector;
 use crate::config::DetrisConfig;
+use crate::device::ExactF32;
 
 /// Sentences per batch in [`Detris::forward_sentences`], for `tokens` image
 /// tokens a sentence. In f32 on CPU a batch buys nothing (the matrix products
@@ -40,6 +41,10 @@ pub struct Detris {
     pub proj: Projector,
     /// The token ids the weights know, when the file held a pruned vocabulary.
     pub known_token_ids: Option<Vec<i64>>,
+    /// On CUDA: cuDNN's convolutions compute in true f32 while the model
+    /// lives (forward, backward and steps alike), so that f32 on a GPU
+    /// matches the official logits as closely as the CPU (held for its drop).
+    _exact_f32: Option<ExactF32>,
 }
 
 impl std::fmt::Debug for Detris {
@@ -67,7 +72,8 @@ impl Detris {
         let neck = Neck::new(&(&root / "neck"), &config);
         let decoder = Decoder::new(&(&root / "decoder"), &config);
         let proj = Projector::new(&(&root / "proj"), &config);
-        Ok(Detris { config, vs, text, dino, neck, decoder, proj, known_token_ids: None })
+        let exact_f32 = device.is_cuda().then(ExactF32::hold).transpose()?;
+        Ok(Detris { config, vs, text, dino, neck, decoder, proj, known_token_ids: None, _exact_f32: exact_f32 })
     }
 
     pub fn device(&self) -> Device {

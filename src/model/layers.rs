@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
+use crate::distributed::sync_bn::SyncBn;
+
 /// How a forward pass runs. `levers` picks the fused/simplified kernels; with
 /// none of them (the plain mode) every step is computed as the official code
 /// writes it.
@@ -15,6 +17,9 @@ pub struct Ctx<'a> {
     pub levers: Levers,
     /// Records named intermediate outputs (parity tests, debugging).
     pub trace: Option<&'a Trace>,
+    /// Train mode in a data-parallel run with `sync_bn`: the group the
+    /// BatchNorms take their statistics over (SyncBatchNorm).
+    pub sync_bn: Option<&'a SyncBn<'a>>,
 }
 
 /// The exact rewrites of the fast mode, each switchable so that `detris bench`
@@ -84,7 +89,7 @@ impl Lever {
 
 impl Ctx<'_> {
     pub fn eval() -> Ctx<'static> {
-        Ctx { train: false, levers: Levers::FAST, trace: None }
+        Ctx { train: false, levers: Levers::FAST, trace: None, sync_bn: None }
     }
     pub fn record(&self, name: &str, t: &Tensor) {
         if let Some(trace) = self.trace {
@@ -218,10 +223,10 @@ impl BatchNorm {
     /// Train mode: batch statistics, running statistics updated (unbiased
     /// variance, momentum 0.1), exactly libtorch's kernel.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        if ctx.train && crate::distributed::sync_bn::active() {
+        if let (true, Some(sync)) = (ctx.train, ctx.sync_bn) {
             // SyncBatchNorm: the statistics of every rank's batch.
             let (w, b, m, v) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
-            return crate::distributed::sync_bn::forward(x, w, b, m, v, 0.1, self.eps);
+            return sync.forward(x, w, b, m, v, 0.1, self.eps);
         }
         x.batch_norm(
             Some(&self.weight),

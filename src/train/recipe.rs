@@ -85,6 +85,9 @@ pub struct Recipe {
     /// Steps between log lines when there is no progress bar.
     pub print_freq: u64,
     pub save_format: SaveFormat,
+    /// Data-parallel runs: SyncBatchNorm, BatchNorm statistics over the
+    /// global batch (the official `sync_bn`; one process sees it whole anyway).
+    pub sync_bn: bool,
 }
 
 impl Recipe {
@@ -107,6 +110,7 @@ impl Default for Recipe {
             batch_size_val: 64,
             print_freq: 100,
             save_format: SaveFormat::Safetensors,
+            sync_bn: true,
         }
     }
 }
@@ -147,6 +151,7 @@ impl TrainOptions {
         then.recipe.save_freq = now.recipe.save_freq;
         then.recipe.print_freq = now.recipe.print_freq;
         then.recipe.batch_size_val = now.recipe.batch_size_val;
+        then.recipe.sync_bn = now.recipe.sync_bn;
         then
     }
 }

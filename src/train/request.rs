@@ -148,7 +148,6 @@ pub struct RunPlan {
     pub workers: usize,
     pub out: PathBuf,
     pub resume_from: Option<PathBuf>,
-    pub sync_bn: bool,
     /// The YAML keys that have no effect on a detris run, with the reason.
     pub notes: BTreeMap<String, String>,
 }
@@ -185,6 +184,7 @@ impl RunPlan {
             batch_size_val: y.usize("batch_size_val").unwrap_or(d.batch_size_val),
             print_freq: y.usize("print_freq").map_or(d.print_freq, |f| f as u64),
             save_format: r.save_format.unwrap_or_default(),
+            sync_bn: r.sync_bn.or_else(|| y.bool("sync_bn")).unwrap_or(d.sync_bn),
         };
         if from_file {
             // The YAML names the model, the pretrained files and the initial weights; options win.
@@ -220,7 +220,6 @@ impl RunPlan {
             workers: r.workers.or_else(|| launcher("workers")).unwrap_or(2),
             out: out.unwrap_or_else(|| PathBuf::from("runs/train")),
             resume_from: r.resume_from.clone().or_else(|| y.string("resume").map(PathBuf::from)),
-            sync_bn: r.sync_bn.or_else(|| y.bool("sync_bn")).unwrap_or(true),
             notes,
             request: r.clone(),
         })

@@ -20,6 +20,7 @@ use super::precision::{GradScaler, MixedPrecision};
 use super::recipe::TrainOptions;
 use crate::data::TrainData;
 use crate::distributed::is_main;
+use crate::distributed::sync_bn::SyncBn;
 use crate::model::{Ctx, Detris, Levers};
 
 pub struct Trainer {
@@ -183,6 +184,7 @@ impl Trainer {
         bar.set_position(self.state.batch_in_epoch as u64);
         let mut totals = EpochTotals { loss_sum: 0.0, steps: 0, started: Instant::now() };
         let (device, seed) = (self.model.device(), self.opts.schedule.seed);
+        let sync_bn = SyncBn::for_run(self.opts.recipe.sync_bn);
         for batch in train.epoch(epoch, self.state.batch_in_epoch) {
             if self.steps_done() {
                 break;
@@ -192,7 +194,7 @@ impl Trainer {
             tch::manual_seed((seed as i64) ^ (self.state.global_step as i64).wrapping_mul(0x9E37_79B9));
             let batch = batch.to_device(device);
             let (img, ids, target) = (&batch.img, &batch.ids, &batch.target);
-            let loss = train_step(&self.model, &mut self.opt, img, ids, target, Levers::FAST, precision)?;
+            let loss = train_step(&self.model, &mut self.opt, img, ids, target, Levers::FAST, sync_bn.as_ref(), precision)?;
             // Data-parallel: the mean over ranks, so that all stop together.
             let loss = crate::distributed::mean_over_ranks(loss)?;
             self.state.grad_scaler = Some(precision.scaler.clone());
@@ -323,9 +325,10 @@ pub fn train_step(
     ids: &Tensor,
     target: &Tensor,
     levers: Levers,
+    sync_bn: Option<&SyncBn>,
     precision: &mut MixedPrecision,
 ) -> Result<f64> {
-    let ctx = Ctx { train: true, levers, trace: None };
+    let ctx = Ctx { train: true, levers, trace: None, sync_bn };
     opt.zero_grad();
     let autocast = precision.autocast.is_some();
     let loss = precision.forward(|| {
@@ -334,6 +337,8 @@ pub fn train_step(
         let logits = if autocast { logits.to_kind(Kind::Float) } else { logits };
         Detris::loss(&logits, target).0
     })?;
+    // A rank lost during the forward: its error, before a backward that would wait on it.
+    sync_bn.map_or(Ok(()), SyncBn::check)?;
     let value = loss.double_value(&[]);
     // Data-parallel: a backward through SyncBatchNorm talks to the other ranks.
     (loss * precision.scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
