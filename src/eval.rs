@@ -245,10 +245,11 @@ pub fn file_sentence(sentence: &str) -> String {
 
 /// The terminal table of several splits.
 pub fn table(reports: &[EvalReport]) -> String {
-    let mut s = format!(
-        "{:<12} {:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}\n",
-        "dataset", "split", "mIoU", "oIoU", "Pr@50", "Pr@60", "Pr@70", "Pr@80", "Pr@90", "sentences"
-    );
+    let mut s = format!("{:<12} {:<8} {:>7} {:>7}", "dataset", "split", "mIoU", "oIoU");
+    for t in detris_io::metrics::prec_thresholds() {
+        s += &format!(" {:>7}", detris_io::metrics::precision_label(t));
+    }
+    s += &format!(" {:>8}\n", "sentences");
     for r in reports {
         let m = &r.summary;
         s += &format!("{:<12} {:<8} {:>7.2} {:>7.2}", r.dataset, r.split, 100.0 * m.miou, 100.0 * m.oiou);

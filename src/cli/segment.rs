@@ -6,6 +6,7 @@ use detris::batch::{self, BatchOptions};
 use detris::render;
 use detris::segment::{check_sentence, Segmenter};
 use detris_io::image::{self, PostPath, THRESHOLD};
+use detris_io::metrics::precision_label;
 
 use super::model_args::{InferencePrecision, ModelArgs};
 
@@ -154,7 +155,7 @@ fn run_manifest(seg: &Segmenter, manifest: &detris_io::manifest::Manifest, a: &S
         a.out.join(batch::RESULTS_FILE).display()
     );
     if let Some(m) = &summary.metrics {
-        let prec: Vec<String> = m.prec.iter().map(|(t, p)| format!("Pr@{:.0} {:.2}", t * 100.0, 100.0 * p)).collect();
+        let prec: Vec<String> = m.prec.iter().map(|(t, p)| format!("{} {:.2}", precision_label(*t), 100.0 * p)).collect();
         println!(
             "{} sentences with a ground truth: mIoU {:.2}, oIoU {:.2}, {}",
             summary.with_ground_truth,

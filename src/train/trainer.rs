@@ -136,7 +136,7 @@ impl Trainer {
     /// What the official container records of the run besides the weights.
     fn run_record(&self, val: Option<&detris_io::metrics::Summary>) -> super::official_pth::RunRecord {
         let prec = val
-            .map(|v| v.prec.iter().map(|(thr, p)| (format!("Pr@{}", (thr * 100.0).round() as i64), *p)).collect())
+            .map(|v| v.prec.iter().map(|(thr, p)| (detris_io::metrics::precision_label(*thr), *p)).collect())
             .unwrap_or_default();
         super::official_pth::RunRecord {
             epoch: self.state.epoch,
@@ -311,7 +311,7 @@ impl Trainer {
                 "epoch": epoch + 1, "step": self.state.global_step, "lr": self.opt.lr,
                 "train_loss": mean_loss, "val_split": self.opts.data.val_split,
                 "val_miou": val.as_ref().map(|v| v.miou), "val_oiou": val.as_ref().map(|v| v.oiou),
-                "val_prec": val.as_ref().map(|v| v.prec.iter().map(|(t, p)| (format!("Pr@{:.0}", t * 100.0), serde_json::Value::from(*p))).collect::<serde_json::Map<_, _>>()),
+                "val_prec": val.as_ref().map(|v| v.prec.iter().map(|(t, p)| (detris_io::metrics::precision_label(*t), serde_json::Value::from(*p))).collect::<serde_json::Map<_, _>>()),
                 "seconds": started.elapsed().as_secs_f64(),
             });
             self.state.history.push(record.clone());
