@@ -22,7 +22,7 @@ use detris_io::manifest::{BadLine, GroundTruth, Manifest, ManifestItem};
 use detris_io::metrics::{self, Metrics, Summary};
 use serde::{Deserialize, Serialize};
 
-use crate::render::{self, bounding_box, RleJson};
+use crate::mask_formats::{self, bounding_box, RleJson};
 use crate::segment::{Segmenter, SentenceMask};
 
 /// File names inside the output folder.
@@ -225,15 +225,15 @@ fn write_sentence(
     gt: Option<&[bool]>,
     opts: &BatchOptions,
 ) -> Result<SentenceResult> {
-    let stem = format!("{:02}-{}", i + 1, render::slug(&m.sentence));
+    let stem = format!("{:02}-{}", i + 1, mask_formats::slug(&m.sentence));
     let (mask, overlay) = (dir.join(format!("{stem}.mask.png")), dir.join(format!("{stem}.overlay.png")));
-    let pngs = render::sentence_pngs(photo, &m.mask, i)?;
+    let pngs = mask_formats::sentence_pngs(photo, &m.mask, i)?;
     image::write_png_atomic(opts.out.join(&mask), &pngs.mask)?;
     image::write_png_atomic(opts.out.join(&overlay), &pngs.overlay)?;
     let probabilities = match (&m.probabilities, opts.probabilities) {
         (Some(p), true) => {
             let path = dir.join(format!("{stem}.prob.png"));
-            image::write_png_atomic(opts.out.join(&path), &render::probability_png(p, m.width, m.height)?)?;
+            image::write_png_atomic(opts.out.join(&path), &mask_formats::probability_png(p, m.width, m.height)?)?;
             Some(path)
         }
         _ => None,

@@ -208,12 +208,12 @@ impl<'a> SentenceSink<'a> {
                 )?;
             }
             let stem = format!("{id}-iou={:.2}-{}", iou * 100.0, file_sentence(&item.sentence));
-            let pngs = crate::render::sentence_pngs(photo, pred, 0)?;
+            let pngs = crate::mask_formats::sentence_pngs(photo, pred, 0)?;
             image::write_png_atomic(dir.join(format!("{stem}.png")), &pngs.mask)?;
             image::write_png_atomic(dir.join(format!("{stem}-overlay.png")), &pngs.overlay)?;
         }
         if let (Some(dir), Some(photo)) = (&self.outputs.overlays, &photo) {
-            let over = image::overlay(photo, pred, crate::render::colour(0))?;
+            let over = image::overlay(photo, pred, crate::mask_formats::colour(0))?;
             let name = format!("{id}-{}.png", item.sentence_index);
             image::write_png_atomic(dir.join(name), &image::rgb_png(&over)?)?;
         }

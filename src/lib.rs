@@ -22,8 +22,8 @@
 //!     eprintln!("warning: {warning}"); // cut to the word length, or words the model never saw
 //! }
 //! // The mask and overlay PNGs that `detris segment` writes, and the probability heat map.
-//! let pngs = detris::render::sentence_pngs(&photo, &r.mask, 0)?;
-//! let heat = detris::render::probability_png(r.probabilities.as_ref().unwrap(), r.width, r.height)?;
+//! let pngs = detris::mask_formats::sentence_pngs(&photo, &r.mask, 0)?;
+//! let heat = detris::mask_formats::probability_png(r.probabilities.as_ref().unwrap(), r.width, r.height)?;
 //! # assert!(!pngs.mask.is_empty() && !pngs.overlay.is_empty() && !heat.is_empty());
 //! # Ok::<(), detris::Error>(())
 //! ```
@@ -79,7 +79,7 @@
 //! # The house
 //!
 //! files → `detris_io` readers → [`weights`] → [`model`] → logits → [`segment`]
-//! (post-processing, masks) → [`render`] (PNGs, RLE) / [`eval`] (metrics) / [`batch`]
+//! (post-processing, masks) → [`mask_formats`] (PNGs, RLE) / [`eval`] (metrics) / [`batch`]
 //! (manifests) / [`serve`] (HTTP).
 
 pub mod batch;
@@ -90,8 +90,8 @@ pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod eval;
+pub mod mask_formats;
 pub mod model;
-pub mod render;
 pub mod segment;
 pub mod serve;
 pub mod shipped;

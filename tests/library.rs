@@ -117,7 +117,7 @@ fn the_server_gives_the_same_warnings_and_masks_as_the_library() {
         assert_eq!(answer["results"][i]["area"], w.area, "sentence {i}");
         assert_eq!(
             answer["results"][i]["rle"]["counts"],
-            detris::render::RleJson::encode(&w.mask, w.width, w.height).unwrap().counts
+            detris::mask_formats::RleJson::encode(&w.mask, w.width, w.height).unwrap().counts
         );
         let got: Vec<String> = answer["results"][i]["warnings"]
             .as_array()

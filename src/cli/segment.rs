@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use detris::batch::{self, BatchOptions};
-use detris::render;
+use detris::mask_formats;
 use detris::segment::{check_sentence, Segmenter};
 use detris_io::image::{self, PostPath, THRESHOLD};
 use detris_io::metrics::precision_label;
@@ -108,14 +108,14 @@ fn segment_one(seg: &Segmenter, photo: &image::Rgb, texts: &[String], out: &Path
         for w in r.warnings(i) {
             eprintln!("warning: {w}");
         }
-        let stem = out.join(format!("{:02}-{}", i + 1, render::slug(&r.sentence)));
+        let stem = out.join(format!("{:02}-{}", i + 1, mask_formats::slug(&r.sentence)));
         let overlay_path = stem.with_extension("overlay.png");
         let json_path = stem.with_extension("json");
-        let pngs = render::sentence_pngs(photo, &r.mask, i)?;
+        let pngs = mask_formats::sentence_pngs(photo, &r.mask, i)?;
         image::write_png_atomic(stem.with_extension("mask.png"), &pngs.mask)?;
         image::write_png_atomic(&overlay_path, &pngs.overlay)?;
         if let (true, Some(p)) = (probabilities, &r.probabilities) {
-            image::write_png_atomic(stem.with_extension("prob.png"), &render::probability_png(p, r.width, r.height)?)?;
+            image::write_png_atomic(stem.with_extension("prob.png"), &mask_formats::probability_png(p, r.width, r.height)?)?;
         }
         std::fs::write(&json_path, serde_json::to_string_pretty(r)?)
             .with_context(|| format!("{}: cannot write", json_path.display()))?;

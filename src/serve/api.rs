@@ -218,7 +218,7 @@ impl From<&Timings> for SentenceTimings {
     }
 }
 
-pub use crate::render::{rle_encode, RleJson};
+pub use crate::mask_formats::{rle_encode, RleJson};
 
 fn busy(limit: &'static str, what: String) -> ApiError {
     ApiError::limit(StatusCode::SERVICE_UNAVAILABLE, limit, format!("the server is busy ({what}); retry in a moment"))
@@ -417,7 +417,7 @@ fn encode(
         };
         let rle = RleJson::encode(&m.mask, m.width, m.height)?;
         step(rle.counts.len())?;
-        let pngs = crate::render::sentence_pngs(photo, &m.mask, i)?;
+        let pngs = crate::mask_formats::sentence_pngs(photo, &m.mask, i)?;
         let mask_png = B64.encode(pngs.mask);
         step(mask_png.len())?;
         let overlay_png = B64.encode(pngs.overlay);
