@@ -106,5 +106,5 @@ pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
 pub use eval::{evaluate, EvalOutputs, EvalReport, SentenceRecord};
 pub use model::Detris;
-pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, Timings};
+pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, SentenceTimings};
 pub use tch::{Device, Kind};

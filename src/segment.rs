@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use detris_io::image::{self, Letterbox, PostPath, Prob, Rgb, THRESHOLD};
 use detris_io::tokenizer::{self, ClipTokenizer, Tokens};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
@@ -46,7 +46,7 @@ pub struct SentenceMask {
     /// `height × width` row-major probabilities, when the segmenter was asked for them.
     #[serde(skip)]
     pub probabilities: Option<Vec<f32>>,
-    pub timings_ms: Timings,
+    pub timings_ms: SentenceTimings,
 }
 
 impl SentenceMask {
@@ -77,9 +77,11 @@ impl SentenceMask {
     }
 }
 
-/// Milliseconds per stage; the shared stages are counted for every sentence.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Timings {
+/// Milliseconds per stage of one sentence; the stages its photo shares with the other
+/// sentences (preprocessing, and the forward pass split evenly) are counted for each.
+/// The server answers with these too.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SentenceTimings {
     pub preprocess: f64,
     pub forward: f64,
     pub postprocess: f64,
@@ -339,7 +341,7 @@ impl Segmenter {
                 mean_probability,
                 mask: prob.mask,
                 probabilities: self.probabilities.then_some(prob.prob),
-                timings_ms: Timings {
+                timings_ms: SentenceTimings {
                     preprocess: ms(t1 - t0),
                     forward: ms(t2 - t1) / k as f64,
                     postprocess: ms(t3.elapsed()),

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use detris::batch::{read_results, SentenceResult};
+use detris::batch::{read_results, ResultLine};
 use detris::mask_formats::rle_encode;
 use detris_io::data::prepared::{self, RefRecord};
 use serde_json::json;
@@ -42,7 +42,7 @@ fn good_line(data: &Path, r: &RefRecord, k: usize) -> serde_json::Value {
     line
 }
 
-fn results_by_sentence(path: &Path) -> BTreeMap<(String, usize), SentenceResult> {
+fn results_by_sentence(path: &Path) -> BTreeMap<(String, usize), ResultLine> {
     let mut out = BTreeMap::new();
     for r in read_results(path).unwrap() {
         let key = (r.id.clone(), r.sentence_index);
