@@ -59,15 +59,18 @@
 //! per sentence:
 //!
 //! ```
-//! use detris::{evaluate, DataSpec, Device, EvalOutputs, Mode, Segmenter};
+//! use detris::{evaluate, DataSource, Device, EvalOutputs, EvalRequest, Segmenter};
 //!
 //! let data = std::env::temp_dir().join(format!("detris-doc-eval-{}", std::process::id()));
 //! detris_io::data::synth::generate(&data, &detris_io::data::synth::SynthOptions::new(0, 10))?;
-//! let spec = DataSpec { root: data.clone(), dataset: "synth".into(), train_split: "train".into(), val_split: "val".into() };
 //!
 //! let seg = Segmenter::builder().device(Device::Cpu).build()?;
-//! let outputs = EvalOutputs { records: true, ..EvalOutputs::default() };
-//! let report = evaluate(&seg.model, &spec, "test", Mode::Test, 0, 8, 1, &outputs)?;
+//! // Every sentence of the test split (Mode::Test), 8 per batch; also one record per sentence.
+//! let request = EvalRequest {
+//!     outputs: EvalOutputs { records: true, ..EvalOutputs::default() },
+//!     ..EvalRequest::new(DataSource::new(&data, "synth"), "test")
+//! };
+//! let report = evaluate(&seg.model, &request)?;
 //! let m = &report.summary;
 //! println!("mIoU {:.2} oIoU {:.2} over {} sentences", 100.0 * m.miou, 100.0 * m.oiou, m.count);
 //! let mean: f64 = report.records.iter().map(|r| r.iou).sum::<f64>() / report.records.len() as f64;
@@ -100,11 +103,11 @@ pub mod weights;
 
 pub use anyhow::{Error, Result};
 pub use config::DetrisConfig;
-pub use data::DataSpec;
+pub use data::{DataSource, DataSpec};
 pub use detris_io::data::loader::Mode;
 pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
-pub use eval::{evaluate, EvalOutputs, EvalReport, SentenceRecord};
+pub use eval::{evaluate, EvalOutputs, EvalReport, EvalRequest, SentenceRecord};
 pub use model::Detris;
 pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, SentenceTimings};
 pub use tch::{Device, Kind};

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use detris::device::Precision;
-use detris::train::data::DataSpec;
+use detris::data::{DataSource, DataSpec};
 use detris::train::trainer::{TrainOptions, Trainer};
 use detris::Detris;
 
@@ -230,7 +230,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         model = rebuild_with_dropout(model)?;
     }
     let opts = TrainOptions {
-        data: DataSpec { root: data, dataset, train_split, val_split },
+        data: DataSpec { source: DataSource::new(data, dataset), train_split, val_split },
         epochs,
         milestones,
         base_lr: lr,

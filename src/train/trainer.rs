@@ -292,13 +292,13 @@ impl Trainer {
                 Some(
                     crate::eval::evaluate(
                         &self.model,
-                        &self.opts.data,
-                        &self.opts.data.val_split,
-                        Mode::Val,
-                        self.opts.val_limit,
-                        self.opts.recipe.batch_size_val,
-                        self.opts.workers,
-                        &crate::eval::EvalOutputs::default(),
+                        &crate::eval::EvalRequest {
+                            mode: Mode::Val,
+                            limit: (self.opts.val_limit > 0).then_some(self.opts.val_limit),
+                            batch_size: self.opts.recipe.batch_size_val,
+                            workers: self.opts.workers,
+                            ..crate::eval::EvalRequest::new(self.opts.data.source.clone(), &self.opts.data.val_split)
+                        },
                     )?
                     .summary,
                 )
@@ -358,7 +358,7 @@ impl Trainer {
             .collect();
         let mut options = serde_json::to_value(&self.opts)?;
         options["resume_at_step"] = self.state.global_step.into();
-        let anns = self.opts.data.root.join("anns").join(&self.opts.data.dataset);
+        let anns = self.opts.data.source.root.join("anns").join(&self.opts.data.source.dataset);
         let files = [&self.opts.data.train_split, &self.opts.data.val_split].map(|s| anns.join(format!("{s}.json")));
         crate::distributed::start_training(&vars, &shared, &options, &files)
     }
