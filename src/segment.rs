@@ -231,7 +231,9 @@ impl SegmenterBuilder {
         check_threshold(self.threshold)?;
         let model = match self.model {
             Some(m) => m,
-            None => load_model(self.files, &self.choice, self.device, self.precision)?,
+            None => {
+                weights::load_model_or_shipped(&self.files, &self.choice, open_device(self.device)?, self.precision)?
+            }
         };
         Ok(Segmenter { model, post: self.post, threshold: self.threshold, probabilities: self.probabilities })
     }
@@ -244,21 +246,14 @@ fn check_threshold(t: f32) -> Result<()> {
     Ok(())
 }
 
-/// The weights of `files` (the shipped model when there are none) on `device` in `precision`.
-fn load_model(mut files: WeightFiles, choice: &ConfigChoice, device: Option<Device>, kind: Kind) -> Result<Detris> {
-    let device = match device {
+/// The device asked for (`None`: the best one), checked.
+fn open_device(device: Option<Device>) -> Result<Device> {
+    Ok(match device {
         None => crate::device::parse_device("auto")?,
         // Checks that the GPU exists and keeps cuDNN in true f32.
         Some(Device::Cuda(n)) => crate::device::parse_device(&format!("cuda:{n}"))?,
         Some(d) => d,
-    };
-    if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
-        bail!("precision {kind:?}: use Float, BFloat16 or Half");
-    }
-    if files.checkpoint.is_none() && files.dinov2.is_none() && files.clip.is_none() {
-        files.checkpoint = Some(crate::shipped::default_checkpoint()?);
-    }
-    weights::load_model_in(&files, choice, device, kind)
+    })
 }
 
 impl Segmenter {
