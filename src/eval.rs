@@ -241,7 +241,14 @@ impl<'a> SentenceSink<'a> {
         Ok(SentenceSink { split: split.to_string(), outputs, records: Vec::new(), visualized: HashSet::new() })
     }
 
-    fn push(&mut self, item: &BatchItem, photo_path: &Path, pred: &[bool], gt: &[bool], c: SentenceCounts) -> Result<()> {
+    fn push(
+        &mut self,
+        item: &BatchItem,
+        photo_path: &Path,
+        pred: &[bool],
+        gt: &[bool],
+        c: SentenceCounts,
+    ) -> Result<()> {
         let id = &item.segment_id;
         let iou = c.iou();
         let photo = match (&self.outputs.visualize, &self.outputs.overlays) {

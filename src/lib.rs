@@ -86,8 +86,6 @@
 //! (manifests) / [`serve`] (HTTP).
 
 pub mod batch;
-#[doc(hidden)]
-pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -3,6 +3,8 @@
 //! `Segmenter::segment` and to `detris segment` on the same input.
 //! The tiny fixture model (`../shared/fixtures/tiny`) stands in for a real one.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -11,9 +13,9 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::http_client::{self as client, Form};
 use detris::segment::Segmenter;
 use detris::serve::api::{rle_encode, SegmentResponse};
-use detris::serve::client::{self, Form};
 use detris::serve::{self, Limits, Seconds, ServeOptions};
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris::Detris;

@@ -350,11 +350,7 @@ fn learning_rate_steps_down_at_each_official_milestone() {
 /// Training options that differ only in the learning-rate schedule.
 fn schedule(milestones: Vec<usize>, base_lr: f64, lr_decay: f64, epochs: usize) -> TrainOptions {
     TrainOptions {
-        data: DataSpec {
-            source: DataSource::new("data", "d"),
-            train_split: "train".into(),
-            val_split: "val".into(),
-        },
+        data: DataSpec { source: DataSource::new("data", "d"), train_split: "train".into(), val_split: "val".into() },
         epochs,
         milestones,
         base_lr,

@@ -115,7 +115,10 @@ fn segment_one(seg: &Segmenter, photo: &image::Rgb, texts: &[String], out: &Path
         image::write_png_atomic(stem.with_extension("mask.png"), &pngs.mask)?;
         image::write_png_atomic(&overlay_path, &pngs.overlay)?;
         if let (true, Some(p)) = (probabilities, &r.probabilities) {
-            image::write_png_atomic(stem.with_extension("prob.png"), &mask_formats::probability_png(p, r.width, r.height)?)?;
+            image::write_png_atomic(
+                stem.with_extension("prob.png"),
+                &mask_formats::probability_png(p, r.width, r.height)?,
+            )?;
         }
         std::fs::write(&json_path, serde_json::to_string_pretty(r)?)
             .with_context(|| format!("{}: cannot write", json_path.display()))?;
@@ -155,7 +158,8 @@ fn run_manifest(seg: &Segmenter, manifest: &detris_io::manifest::Manifest, a: &S
         a.out.join(batch::RESULTS_FILE).display()
     );
     if let Some(m) = &summary.metrics {
-        let prec: Vec<String> = m.prec.iter().map(|(t, p)| format!("{} {:.2}", precision_label(*t), 100.0 * p)).collect();
+        let prec: Vec<String> =
+            m.prec.iter().map(|(t, p)| format!("{} {:.2}", precision_label(*t), 100.0 * p)).collect();
         println!(
             "{} sentences with a ground truth: mIoU {:.2}, oIoU {:.2}, {}",
             summary.with_ground_truth,

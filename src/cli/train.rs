@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use detris::device::Precision;
 use detris::data::{DataSource, DataSpec};
+use detris::device::Precision;
 use detris::train::trainer::{TrainOptions, Trainer};
 use detris::Detris;
 
