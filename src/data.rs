@@ -171,3 +171,21 @@ impl TrainData {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_spec_keeps_its_flat_json_in_the_run_options() {
+        let spec = DataSpec {
+            source: DataSource::new("data", "refcoco"),
+            train_split: "train".into(),
+            val_split: "testB".into(),
+        };
+        let json =
+            serde_json::json!({"root": "data", "dataset": "refcoco", "train_split": "train", "val_split": "testB"});
+        assert_eq!(serde_json::to_value(&spec).unwrap(), json);
+        assert_eq!(serde_json::from_value::<DataSpec>(json).unwrap(), spec);
+    }
+}
