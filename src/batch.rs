@@ -22,7 +22,7 @@ use detris_io::manifest::{BadLine, GroundTruth, Manifest, ManifestItem};
 use detris_io::metrics::{self, Metrics, Summary};
 use serde::{Deserialize, Serialize};
 
-use crate::render::{self, bounding_box, RleJson};
+use crate::mask_formats::{self, bounding_box, RleJson};
 use crate::segment::{Segmenter, SentenceMask};
 
 /// File names inside the output folder.
@@ -43,7 +43,7 @@ pub struct BatchOptions {
 
 /// One `results.jsonl` line: one sentence of one manifest item.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SentenceResult {
+pub struct ResultLine {
     pub id: String,
     /// The manifest line it came from.
     pub line: usize,
@@ -205,7 +205,7 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
 }
 
 /// Segments one item and writes its pictures; returns its result lines.
-fn run_item(seg: &Segmenter, item: &ManifestItem, opts: &BatchOptions) -> Result<Vec<SentenceResult>> {
+fn run_item(seg: &Segmenter, item: &ManifestItem, opts: &BatchOptions) -> Result<Vec<ResultLine>> {
     let photo = image::load_rgb(&item.image)?;
     image::check_min_side(&photo).with_context(|| item.image.display().to_string())?;
     let gt = item.ground_truth.as_ref().map(|g| ground_truth(g, &photo)).transpose()?;
@@ -224,22 +224,22 @@ fn write_sentence(
     dir: &Path,
     gt: Option<&[bool]>,
     opts: &BatchOptions,
-) -> Result<SentenceResult> {
-    let stem = format!("{:02}-{}", i + 1, render::slug(&m.sentence));
+) -> Result<ResultLine> {
+    let stem = format!("{:02}-{}", i + 1, mask_formats::slug(&m.sentence));
     let (mask, overlay) = (dir.join(format!("{stem}.mask.png")), dir.join(format!("{stem}.overlay.png")));
-    let pngs = render::sentence_pngs(photo, &m.mask, i)?;
+    let pngs = mask_formats::sentence_pngs(photo, &m.mask, i)?;
     image::write_png_atomic(opts.out.join(&mask), &pngs.mask)?;
     image::write_png_atomic(opts.out.join(&overlay), &pngs.overlay)?;
     let probabilities = match (&m.probabilities, opts.probabilities) {
         (Some(p), true) => {
             let path = dir.join(format!("{stem}.prob.png"));
-            image::write_png_atomic(opts.out.join(&path), &render::probability_png(p, m.width, m.height)?)?;
+            image::write_png_atomic(opts.out.join(&path), &mask_formats::probability_png(p, m.width, m.height)?)?;
             Some(path)
         }
         _ => None,
     };
     let scored = gt.map(|g| metrics::intersection_union(&m.mask, g)).transpose()?;
-    Ok(SentenceResult {
+    Ok(ResultLine {
         id: item.id.clone(),
         line: item.line,
         image: item.image.clone(),
@@ -298,7 +298,7 @@ fn finished_items(path: &Path) -> Result<HashMap<String, usize>> {
         }
         offset += n as u64;
         let Some(text) = buf.strip_suffix('\n') else { break };
-        let Ok(r) = serde_json::from_str::<SentenceResult>(text) else { break };
+        let Ok(r) = serde_json::from_str::<ResultLine>(text) else { break };
         let count = lines.entry(r.id.clone()).or_default();
         *count += 1;
         if *count == r.sentence_count {
@@ -321,7 +321,7 @@ fn finished_items(path: &Path) -> Result<HashMap<String, usize>> {
 }
 
 /// Every line of `results.jsonl`.
-pub fn read_results(path: &Path) -> Result<Vec<SentenceResult>> {
+pub fn read_results(path: &Path) -> Result<Vec<ResultLine>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines()
         .enumerate()

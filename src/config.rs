@@ -3,7 +3,7 @@
 //! text width W, text embed width E, DINOv2 width D and neck/decoder width C
 //! are separate fields.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,16 +155,6 @@ impl DetrisConfig {
             "l*" | "l-mixed" | "large-mixed" | "l-star" => Self::detris_l_mixed(),
             _ => bail!("unknown variant `{name}`: choose one of {}", Self::VARIANTS.join(", ")),
         })
-    }
-
-    /// Reads a detris config JSON (this struct's fields). A fixture
-    /// `config.json` (official names) is read by `weights::config_files::read_config_file`.
-    pub fn from_json_file(path: &std::path::Path) -> Result<DetrisConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        let cfg: DetrisConfig =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a detris config", path.display()))?;
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
-        Ok(cfg)
     }
 
     /// Patch grid side g = input_size / patch_size.

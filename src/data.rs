@@ -11,13 +11,63 @@ use tch::{Device, Tensor};
 use crate::config::DetrisConfig;
 use crate::distributed::sampler::DistributedSampler;
 
-/// Which data: `root/anns/<dataset>/<split>.json`, `root/masks/<dataset>/`,
-/// `root/images/train2014/` (the official prepared layout; `detris data
-/// prepare` and `detris data synth` write it).
+/// Where a data set lies: `root/anns/<dataset>/<split>.json`, `root/masks/<dataset>/`,
+/// `root/images/train2014/` (the official prepared layout; `detris data prepare` and
+/// `detris data synth` write it). Any of its splits can be read from it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct DataSpec {
+pub struct DataSource {
     pub root: PathBuf,
     pub dataset: String,
+}
+
+impl DataSource {
+    pub fn new(root: impl Into<PathBuf>, dataset: impl Into<String>) -> DataSource {
+        DataSource { root: root.into(), dataset: dataset.into() }
+    }
+
+    /// A loader over one split of this data set, for a model of `cfg`'s input size and word length.
+    pub fn loader(&self, read: &SplitRead, cfg: &DetrisConfig) -> Result<Loader> {
+        let split = &read.split;
+        let mut refs = loader::prepared_refs(&self.root, &self.dataset, split)
+            .with_context(|| format!("data set `{}` split `{split}` under {}", self.dataset, self.root.display()))?;
+        if let Some(limit) = read.limit {
+            refs.truncate(limit);
+        }
+        let opts = LoaderOptions {
+            input_size: cfg.input_size,
+            word_len: cfg.word_len,
+            batch_size: read.batch_size,
+            workers: read.workers.max(1),
+            prefetch: 2,
+            seed: read.seed,
+        };
+        Ok(Loader::new(refs, read.mode, opts)?)
+    }
+}
+
+/// How one split is read.
+#[derive(Clone, Debug)]
+pub struct SplitRead {
+    pub split: String,
+    /// Train: shuffled, with targets; Val: the first sentence of each ref; Test: every sentence.
+    pub mode: Mode,
+    /// Sentences per batch.
+    pub batch_size: usize,
+    /// Loader threads (at least one runs).
+    pub workers: usize,
+    /// The shuffling seed of training.
+    pub seed: u64,
+    /// Only the first this many refs (`None`: all).
+    pub limit: Option<usize>,
+}
+
+/// What a training run reads: a data set, the split it trains on and the split that
+/// chooses `best`. (Evaluation reads a [`DataSource`] and names its own splits.)
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DataSpec {
+    /// Flattened: the options JSON keeps `root` and `dataset` beside the splits.
+    #[serde(flatten)]
+    pub source: DataSource,
     pub train_split: String,
     /// The split that chooses `best` (val; the official RefCOCO+ configs use testB).
     pub val_split: String,
@@ -25,7 +75,12 @@ pub struct DataSpec {
 
 impl DataSpec {
     pub fn describe(&self) -> String {
-        format!("{}/{} ({})", self.root.display(), self.dataset, self.train_split)
+        format!("{}/{} ({})", self.source.root.display(), self.source.dataset, self.train_split)
+    }
+
+    /// The training split as [`TrainData`] reads it.
+    fn train_read(&self, batch_size: usize, seed: u64, workers: usize) -> SplitRead {
+        SplitRead { split: self.train_split.clone(), mode: Mode::Train, batch_size, workers, seed, limit: None }
     }
 }
 
@@ -48,33 +103,6 @@ pub fn batch_tensors(b: &loader::Batch) -> (Tensor, Tensor) {
     (Tensor::from_slice(&b.images).view([n, 3, s, s]), Tensor::from_slice(&b.word_ids).view([n, l]))
 }
 
-/// A loader over one split; `limit` > 0 keeps only the first refs.
-pub fn open_loader(
-    spec: &DataSpec,
-    split: &str,
-    mode: Mode,
-    cfg: &DetrisConfig,
-    batch: usize,
-    seed: u64,
-    workers: usize,
-    limit: usize,
-) -> Result<Loader> {
-    let mut refs = loader::prepared_refs(&spec.root, &spec.dataset, split)
-        .with_context(|| format!("data set `{}` split `{split}` under {}", spec.dataset, spec.root.display()))?;
-    if limit > 0 {
-        refs.truncate(limit);
-    }
-    let opts = LoaderOptions {
-        input_size: cfg.input_size,
-        word_len: cfg.word_len,
-        batch_size: batch,
-        workers: workers.max(1),
-        prefetch: 2,
-        seed,
-    };
-    Ok(Loader::new(refs, mode, opts)?)
-}
-
 pub struct TrainData {
     loader: Loader,
     /// Data-parallel runs: this rank's DistributedSampler and its share of
@@ -88,7 +116,7 @@ impl TrainData {
     pub fn open(spec: &DataSpec, cfg: &DetrisConfig, seed: u64, workers: usize, batch: usize) -> Result<TrainData> {
         let Some(g) = crate::distributed::world() else {
             return Ok(TrainData {
-                loader: open_loader(spec, &spec.train_split, Mode::Train, cfg, batch, seed, workers, 0)?,
+                loader: spec.source.loader(&spec.train_read(batch, seed, workers), cfg)?,
                 shard: None,
             });
         };
@@ -96,7 +124,7 @@ impl TrainData {
             anyhow::bail!("--batch-size {batch} (the global batch) does not divide over WORLD_SIZE={} ranks", g.world);
         }
         let local = batch / g.world;
-        let loader = open_loader(spec, &spec.train_split, Mode::Train, cfg, local, seed, workers, 0)?;
+        let loader = spec.source.loader(&spec.train_read(local, seed, workers), cfg)?;
         let sampler = DistributedSampler {
             len: loader.refs().len(),
             world: g.world,
@@ -141,5 +169,23 @@ impl TrainData {
             let target = Tensor::from_slice(targets).view([b.len as i64, 1, s, s]);
             Ok(Batch { img, ids, target })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_spec_keeps_its_flat_json_in_the_run_options() {
+        let spec = DataSpec {
+            source: DataSource::new("data", "refcoco"),
+            train_split: "train".into(),
+            val_split: "testB".into(),
+        };
+        let json =
+            serde_json::json!({"root": "data", "dataset": "refcoco", "train_split": "train", "val_split": "testB"});
+        assert_eq!(serde_json::to_value(&spec).unwrap(), json);
+        assert_eq!(serde_json::from_value::<DataSpec>(json).unwrap(), spec);
     }
 }

@@ -14,7 +14,7 @@ use detris_io::metrics::{Metrics, Summary};
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
-use crate::data::{batch_tensors, open_loader, DataSpec};
+use crate::data::{batch_tensors, DataSource, SplitRead};
 use crate::model::{Ctx, Detris};
 use crate::segment::logits_to_prob;
 
@@ -72,32 +72,88 @@ impl Default for EvalOutputs {
     }
 }
 
-/// Evaluates one split. `mode` Test = every sentence, Val = the first sentence of each ref;
-/// `limit` > 0 evaluates only the first refs; `outputs` says what to keep or write besides
-/// the metrics (threshold, per-sentence records, pictures).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &Detris,
-    spec: &DataSpec,
-    split: &str,
-    mode: Mode,
-    limit: usize,
-    batch: usize,
-    workers: usize,
-    outputs: &EvalOutputs,
-) -> Result<EvalReport> {
+/// What to evaluate and how. [`EvalRequest::new`] gives the official test: every sentence of
+/// the split, the official threshold, nothing written; change the rest with struct update
+/// syntax (`EvalRequest { mode: Mode::Val, ..EvalRequest::new(data, "val") }`).
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    pub data: DataSource,
+    pub split: String,
+    /// Test: every sentence; Val: the first sentence of each ref (the validation during training).
+    pub mode: Mode,
+    /// Only the first this many refs (`None`: all).
+    pub limit: Option<usize>,
+    /// Sentences per forward pass; data-parallel, the global batch (each rank runs its share).
+    pub batch_size: usize,
+    /// Loader threads.
+    pub workers: usize,
+    /// What to keep or write besides the metrics.
+    pub outputs: EvalOutputs,
+}
+
+impl EvalRequest {
+    /// Every sentence of `split`, 8 per batch, one loader thread, the default [`EvalOutputs`].
+    pub fn new(data: DataSource, split: impl Into<String>) -> EvalRequest {
+        EvalRequest {
+            data,
+            split: split.into(),
+            mode: Mode::Test,
+            limit: None,
+            batch_size: 8,
+            workers: 1,
+            outputs: EvalOutputs::default(),
+        }
+    }
+}
+
+/// One evaluated sentence's pixel counts and its place in the one-process order (by which
+/// the ranks' counts are put back in order when data-parallel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SentenceCounts {
+    position: usize,
+    intersection: u64,
+    union: u64,
+}
+
+impl SentenceCounts {
+    /// The width of a gathered row, [`Self::to_row`].
+    const ROW: usize = 3;
+
+    fn to_row(self) -> Vec<i64> {
+        vec![self.position as i64, self.intersection as i64, self.union as i64]
+    }
+
+    fn from_row(row: &[i64]) -> SentenceCounts {
+        SentenceCounts { position: row[0] as usize, intersection: row[1] as u64, union: row[2] as u64 }
+    }
+
+    fn iou(self) -> f64 {
+        detris_io::metrics::iou(self.intersection, self.union)
+    }
+}
+
+/// Evaluates one split of a data set (see [`EvalRequest`]).
+pub fn evaluate(model: &Detris, request: &EvalRequest) -> Result<EvalReport> {
     let started = Instant::now();
+    let (split, outputs) = (&request.split, &request.outputs);
     // Data-parallel: each rank takes every world-th sentence, in batches of
     // batch / world; the counts are gathered so that each sentence counts once.
     let (rank, world) = crate::distributed::rank_and_size();
-    let batch = if world > 1 { (batch / world).max(1) } else { batch };
-    let loader = open_loader(spec, split, mode, &model.config, batch, 0, workers, limit)?;
+    let batch = if world > 1 { (request.batch_size / world).max(1) } else { request.batch_size };
+    let read = SplitRead {
+        split: split.clone(),
+        mode: request.mode,
+        batch_size: batch,
+        workers: request.workers,
+        seed: 0,
+        limit: request.limit,
+    };
+    let loader = request.data.loader(&read, &model.config)?;
     let mine: Vec<(usize, (usize, usize))> =
         loader.plan(0).into_iter().flatten().enumerate().filter(|(i, _)| i % world == rank).collect();
     let plan = mine.chunks(batch).map(|c| c.iter().map(|(_, s)| *s).collect()).collect();
-    let mut positions = mine.iter().map(|(i, _)| *i as i64);
-    // (position in the one-process order, intersection, union) per sentence.
-    let mut counts: Vec<Vec<i64>> = Vec::new();
+    let mut positions = mine.iter().map(|(i, _)| *i);
+    let mut counts: Vec<SentenceCounts> = Vec::new();
     let device = model.device();
     let mut sink = SentenceSink::new(split, outputs)?;
     for b in loader.run_plan(plan) {
@@ -112,17 +168,22 @@ pub fn evaluate(
             let gt = item.eval.as_ref().map(|e| e.mask.iter().map(|&v| v != 0).collect::<Vec<bool>>());
             let gt = gt.ok_or_else(|| anyhow::anyhow!("the evaluation loader gave no ground truth"))?;
             let (intersection, union) = detris_io::metrics::intersection_union(&prob.mask, &gt)?;
-            counts.push(vec![positions.next().unwrap_or(-1), intersection as i64, union as i64]);
-            let iou = detris_io::metrics::iou(intersection, union);
-            sink.push(item, &loader.refs()[item.ref_index].image, &prob.mask, &gt, iou, intersection, union)?;
+            let position = positions.next().context("the loader gave more sentences than its plan")?;
+            let c = SentenceCounts { position, intersection, union };
+            counts.push(c);
+            sink.push(item, &loader.refs()[item.ref_index].image, &prob.mask, &gt, c)?;
         }
     }
     let records = if outputs.records { gather_records(&counts, sink.records)? } else { Vec::new() };
-    let mut counts = crate::distributed::allgather_rows(&counts, 3)?;
-    counts.sort_by_key(|c| c[0]);
+    let rows: Vec<Vec<i64>> = counts.iter().map(|c| c.to_row()).collect();
+    let mut counts: Vec<SentenceCounts> = crate::distributed::allgather_rows(&rows, SentenceCounts::ROW)?
+        .iter()
+        .map(|row| SentenceCounts::from_row(row))
+        .collect();
+    counts.sort_by_key(|c| c.position);
     let mut metrics = Metrics::new();
     for c in &counts {
-        metrics.push_counts(c[1] as u64, c[2] as u64);
+        metrics.push_counts(c.intersection, c.union);
     }
     let mut resized_masks = loader.resized_masks();
     if world > 1 {
@@ -132,8 +193,8 @@ pub fn evaluate(
         resized_masks.dedup();
     }
     Ok(EvalReport {
-        dataset: spec.dataset.clone(),
-        split: split.to_string(),
+        dataset: request.data.dataset.clone(),
+        split: split.clone(),
         summary: metrics.summary(),
         resized_masks,
         seconds: started.elapsed().as_secs_f64(),
@@ -141,19 +202,19 @@ pub fn evaluate(
     })
 }
 
-/// Every rank's sentence records, in the one-process order: `counts[i][0]` is the position
-/// of this rank's i-th record. Every rank calls it (or none does).
-fn gather_records(counts: &[Vec<i64>], records: Vec<SentenceRecord>) -> Result<Vec<SentenceRecord>> {
+/// Every rank's sentence records, in the one-process order: `counts[i]` are this rank's
+/// i-th record's. Every rank calls it (or none does).
+fn gather_records(counts: &[SentenceCounts], records: Vec<SentenceRecord>) -> Result<Vec<SentenceRecord>> {
     let (_, world) = crate::distributed::rank_and_size();
     if world == 1 {
         return Ok(records);
     }
     let mut lines = String::new();
     for (c, r) in counts.iter().zip(&records) {
-        lines += &serde_json::to_string(&(c[0], r))?;
+        lines += &serde_json::to_string(&(c.position, r))?;
         lines.push('\n');
     }
-    let mut all: Vec<(i64, SentenceRecord)> = Vec::new();
+    let mut all: Vec<(usize, SentenceRecord)> = Vec::new();
     for rank_lines in crate::distributed::allgather_string("eval/records", &lines)? {
         for line in rank_lines.lines() {
             all.push(serde_json::from_str(line).context("a rank's sentence record")?);
@@ -180,18 +241,16 @@ impl<'a> SentenceSink<'a> {
         Ok(SentenceSink { split: split.to_string(), outputs, records: Vec::new(), visualized: HashSet::new() })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         item: &BatchItem,
         photo_path: &Path,
         pred: &[bool],
         gt: &[bool],
-        iou: f64,
-        intersection: u64,
-        union: u64,
+        c: SentenceCounts,
     ) -> Result<()> {
         let id = &item.segment_id;
+        let iou = c.iou();
         let photo = match (&self.outputs.visualize, &self.outputs.overlays) {
             (None, None) => None,
             _ => Some(image::load_rgb(photo_path)?),
@@ -208,12 +267,12 @@ impl<'a> SentenceSink<'a> {
                 )?;
             }
             let stem = format!("{id}-iou={:.2}-{}", iou * 100.0, file_sentence(&item.sentence));
-            let pngs = crate::render::sentence_pngs(photo, pred, 0)?;
+            let pngs = crate::mask_formats::sentence_pngs(photo, pred, 0)?;
             image::write_png_atomic(dir.join(format!("{stem}.png")), &pngs.mask)?;
             image::write_png_atomic(dir.join(format!("{stem}-overlay.png")), &pngs.overlay)?;
         }
         if let (Some(dir), Some(photo)) = (&self.outputs.overlays, &photo) {
-            let over = image::overlay(photo, pred, crate::render::colour(0))?;
+            let over = image::overlay(photo, pred, crate::mask_formats::colour(0))?;
             let name = format!("{id}-{}.png", item.sentence_index);
             image::write_png_atomic(dir.join(name), &image::rgb_png(&over)?)?;
         }
@@ -224,8 +283,8 @@ impl<'a> SentenceSink<'a> {
                 sentence_index: item.sentence_index,
                 sentence: item.sentence.clone(),
                 iou,
-                intersection,
-                union,
+                intersection: c.intersection,
+                union: c.union,
             });
         }
         Ok(())
@@ -245,10 +304,11 @@ pub fn file_sentence(sentence: &str) -> String {
 
 /// The terminal table of several splits.
 pub fn table(reports: &[EvalReport]) -> String {
-    let mut s = format!(
-        "{:<12} {:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}\n",
-        "dataset", "split", "mIoU", "oIoU", "Pr@50", "Pr@60", "Pr@70", "Pr@80", "Pr@90", "sentences"
-    );
+    let mut s = format!("{:<12} {:<8} {:>7} {:>7}", "dataset", "split", "mIoU", "oIoU");
+    for t in detris_io::metrics::prec_thresholds() {
+        s += &format!(" {:>7}", detris_io::metrics::precision_label(t));
+    }
+    s += &format!(" {:>8}\n", "sentences");
     for r in reports {
         let m = &r.summary;
         s += &format!("{:<12} {:<8} {:>7.2} {:>7.2}", r.dataset, r.split, 100.0 * m.miou, 100.0 * m.oiou);

@@ -22,8 +22,8 @@
 //!     eprintln!("warning: {warning}"); // cut to the word length, or words the model never saw
 //! }
 //! // The mask and overlay PNGs that `detris segment` writes, and the probability heat map.
-//! let pngs = detris::render::sentence_pngs(&photo, &r.mask, 0)?;
-//! let heat = detris::render::probability_png(r.probabilities.as_ref().unwrap(), r.width, r.height)?;
+//! let pngs = detris::mask_formats::sentence_pngs(&photo, &r.mask, 0)?;
+//! let heat = detris::mask_formats::probability_png(r.probabilities.as_ref().unwrap(), r.width, r.height)?;
 //! # assert!(!pngs.mask.is_empty() && !pngs.overlay.is_empty() && !heat.is_empty());
 //! # Ok::<(), detris::Error>(())
 //! ```
@@ -59,15 +59,18 @@
 //! per sentence:
 //!
 //! ```
-//! use detris::{evaluate, DataSpec, Device, EvalOutputs, Mode, Segmenter};
+//! use detris::{evaluate, DataSource, Device, EvalOutputs, EvalRequest, Segmenter};
 //!
 //! let data = std::env::temp_dir().join(format!("detris-doc-eval-{}", std::process::id()));
 //! detris_io::data::synth::generate(&data, &detris_io::data::synth::SynthOptions::new(0, 10))?;
-//! let spec = DataSpec { root: data.clone(), dataset: "synth".into(), train_split: "train".into(), val_split: "val".into() };
 //!
 //! let seg = Segmenter::builder().device(Device::Cpu).build()?;
-//! let outputs = EvalOutputs { records: true, ..EvalOutputs::default() };
-//! let report = evaluate(&seg.model, &spec, "test", Mode::Test, 0, 8, 1, &outputs)?;
+//! // Every sentence of the test split (Mode::Test), 8 per batch; also one record per sentence.
+//! let request = EvalRequest {
+//!     outputs: EvalOutputs { records: true, ..EvalOutputs::default() },
+//!     ..EvalRequest::new(DataSource::new(&data, "synth"), "test")
+//! };
+//! let report = evaluate(&seg.model, &request)?;
 //! let m = &report.summary;
 //! println!("mIoU {:.2} oIoU {:.2} over {} sentences", 100.0 * m.miou, 100.0 * m.oiou, m.count);
 //! let mean: f64 = report.records.iter().map(|r| r.iou).sum::<f64>() / report.records.len() as f64;
@@ -79,19 +82,17 @@
 //! # The house
 //!
 //! files → `detris_io` readers → [`weights`] → [`model`] → logits → [`segment`]
-//! (post-processing, masks) → [`render`] (PNGs, RLE) / [`eval`] (metrics) / [`batch`]
+//! (post-processing, masks) → [`mask_formats`] (PNGs, RLE) / [`eval`] (metrics) / [`batch`]
 //! (manifests) / [`serve`] (HTTP).
 
 pub mod batch;
-#[doc(hidden)]
-pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod eval;
+pub mod mask_formats;
 pub mod model;
-pub mod render;
 pub mod segment;
 pub mod serve;
 pub mod shipped;
@@ -100,11 +101,11 @@ pub mod weights;
 
 pub use anyhow::{Error, Result};
 pub use config::DetrisConfig;
-pub use data::DataSpec;
+pub use data::{DataSource, DataSpec};
 pub use detris_io::data::loader::Mode;
 pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
-pub use eval::{evaluate, EvalOutputs, EvalReport, SentenceRecord};
+pub use eval::{evaluate, EvalOutputs, EvalReport, EvalRequest, SentenceRecord};
 pub use model::Detris;
-pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, Timings};
+pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, SentenceTimings};
 pub use tch::{Device, Kind};

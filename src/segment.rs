@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use detris_io::image::{self, Letterbox, PostPath, Prob, Rgb, THRESHOLD};
 use detris_io::tokenizer::{self, ClipTokenizer, Tokens};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
@@ -47,7 +47,7 @@ pub struct SentenceMask {
     /// `height × width` row-major probabilities, when the segmenter was asked for them.
     #[serde(skip)]
     pub probabilities: Option<Vec<f32>>,
-    pub timings_ms: Timings,
+    pub timings_ms: SentenceTimings,
 }
 
 impl SentenceMask {
@@ -78,9 +78,11 @@ impl SentenceMask {
     }
 }
 
-/// Milliseconds per stage; the shared stages are counted for every sentence.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Timings {
+/// Milliseconds per stage of one sentence; the stages its photo shares with the other
+/// sentences (preprocessing, and the forward pass split evenly) are counted for each.
+/// The server answers with these too.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SentenceTimings {
     pub preprocess: f64,
     pub forward: f64,
     pub postprocess: f64,
@@ -230,7 +232,9 @@ impl SegmenterBuilder {
         check_threshold(self.threshold)?;
         let model = match self.model {
             Some(m) => m,
-            None => load_model(self.files, &self.choice, self.device, self.precision)?,
+            None => {
+                weights::load_model_or_shipped(&self.files, &self.choice, open_device(self.device)?, self.precision)?
+            }
         };
         Ok(Segmenter { model, post: self.post, threshold: self.threshold, probabilities: self.probabilities })
     }
@@ -243,21 +247,14 @@ fn check_threshold(t: f32) -> Result<()> {
     Ok(())
 }
 
-/// The weights of `files` (the shipped model when there are none) on `device` in `precision`.
-fn load_model(mut files: WeightFiles, choice: &ConfigChoice, device: Option<Device>, kind: Kind) -> Result<Detris> {
-    let device = match device {
+/// The device asked for (`None`: the best one), checked.
+fn open_device(device: Option<Device>) -> Result<Device> {
+    Ok(match device {
         None => DeviceArg::Auto.open()?,
         // Checks that the GPU exists.
         Some(Device::Cuda(n)) => DeviceArg::Cuda(n).open()?,
         Some(d) => d,
-    };
-    if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
-        bail!("precision {kind:?}: use Float, BFloat16 or Half");
-    }
-    if files.checkpoint.is_none() && files.dinov2.is_none() && files.clip.is_none() {
-        files.checkpoint = Some(crate::shipped::default_checkpoint()?);
-    }
-    weights::load_model_in(&files, choice, device, kind)
+    })
 }
 
 impl Segmenter {
@@ -340,7 +337,7 @@ impl Segmenter {
                 mean_probability,
                 mask: prob.mask,
                 probabilities: self.probabilities.then_some(prob.prob),
-                timings_ms: Timings {
+                timings_ms: SentenceTimings {
                     preprocess: ms(t1 - t0),
                     forward: ms(t2 - t1) / k as f64,
                     postprocess: ms(t3.elapsed()),

@@ -125,6 +125,24 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
     load_model_in(files, choice, device, tch::Kind::Float)
 }
 
+/// As [`load_model_in`], but the model that ships with detris when `files` names no weights;
+/// `kind` is `Float`, `BFloat16` or `Half`. What `Segmenter::builder` and the commands load.
+pub fn load_model_or_shipped(
+    files: &WeightFiles,
+    choice: &ConfigChoice,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<Detris> {
+    if !matches!(kind, tch::Kind::Float | tch::Kind::BFloat16 | tch::Kind::Half) {
+        bail!("precision {kind:?}: use Float, BFloat16 or Half");
+    }
+    if files.checkpoint.is_none() && files.dinov2.is_none() && files.clip.is_none() {
+        let shipped = WeightFiles { checkpoint: Some(crate::shipped::default_checkpoint()?), ..WeightFiles::default() };
+        return load_model_in(&shipped, choice, device, kind);
+    }
+    load_model_in(files, choice, device, kind)
+}
+
 /// As [`load_model`], the weights converted to `kind` one tensor at a time as they load.
 pub fn load_model_in(
     files: &WeightFiles,

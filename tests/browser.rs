@@ -9,6 +9,8 @@
 //! variable `CI` is set (.ci/run installs Debian's chromium), and elsewhere
 //! passes with a printed notice.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use detris::serve::client::{self, Form};
+use common::http_client::{self as client, Form};
 use detris::serve::{self, Limits, ServeOptions};
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris_io::fixtures;

@@ -1,6 +1,8 @@
 //! The library's front door with the shipped model: the builder's options, the typed
 //! results, the warnings the CLI and the server print, and cancellation.
 
+mod common;
+
 use std::cell::Cell;
 
 use detris::{load_rgb, Cancelled, Device, PostPath, Segmenter};
@@ -96,7 +98,8 @@ fn cancellation_is_asked_between_sentences() {
 
 #[test]
 fn the_server_gives_the_same_warnings_and_masks_as_the_library() {
-    use detris::serve::{self, client, ServeOptions};
+    use common::http_client as client;
+    use detris::serve::{self, ServeOptions};
     // A threshold other than the official one, so that the server is seen to apply it.
     let threshold = 0.6;
     let options =
@@ -117,7 +120,7 @@ fn the_server_gives_the_same_warnings_and_masks_as_the_library() {
         assert_eq!(answer["results"][i]["area"], w.area, "sentence {i}");
         assert_eq!(
             answer["results"][i]["rle"]["counts"],
-            detris::render::RleJson::encode(&w.mask, w.width, w.height).unwrap().counts
+            detris::mask_formats::RleJson::encode(&w.mask, w.width, w.height).unwrap().counts
         );
         let got: Vec<String> = answer["results"][i]["warnings"]
             .as_array()

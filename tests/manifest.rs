@@ -8,8 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use detris::batch::{read_results, SentenceResult};
-use detris::render::rle_encode;
+use detris::batch::{read_results, ResultLine};
+use detris::mask_formats::rle_encode;
 use detris_io::data::prepared::{self, RefRecord};
 use serde_json::json;
 
@@ -42,7 +42,7 @@ fn good_line(data: &Path, r: &RefRecord, k: usize) -> serde_json::Value {
     line
 }
 
-fn results_by_sentence(path: &Path) -> BTreeMap<(String, usize), SentenceResult> {
+fn results_by_sentence(path: &Path) -> BTreeMap<(String, usize), ResultLine> {
     let mut out = BTreeMap::new();
     for r in read_results(path).unwrap() {
         let key = (r.id.clone(), r.sentence_index);
@@ -120,7 +120,7 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
         assert_eq!(fg.iter().filter(|&&m| m).count(), r.area);
         assert_eq!(rle_encode(&fg, w, h).unwrap().to_compressed(), r.rle.counts);
         assert_eq!(r.rle.size, [h, w]);
-        assert_eq!(r.bbox, detris::render::bounding_box(&fg, w));
+        assert_eq!(r.bbox, detris::mask_formats::bounding_box(&fg, w));
         assert!(out.join(&r.overlay).exists() && out.join(r.probabilities.as_ref().unwrap()).exists());
         let (i, u) = (r.intersection.unwrap(), r.union.unwrap());
         // Read back through serde_json, whose float parsing may be one ulp off what was written.

@@ -145,7 +145,7 @@ fn threshold_and_probabilities_flags_write_what_the_library_gives() {
     assert_eq!(ours, want.mask, "the mask at --threshold 0.5");
     let heat = std::fs::read(stem.with_extension("prob.png")).unwrap();
     let prob = want.probabilities.as_ref().unwrap();
-    assert_eq!(heat, detris::render::probability_png(prob, want.width, want.height).unwrap());
+    assert_eq!(heat, detris::mask_formats::probability_png(prob, want.width, want.height).unwrap());
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(stem.with_extension("json")).unwrap()).unwrap();
     assert_eq!(record["tokens"].as_u64().unwrap() as usize, want.tokens);

@@ -3,6 +3,8 @@
 //! `Segmenter::segment` and to `detris segment` on the same input.
 //! The tiny fixture model (`../shared/fixtures/tiny`) stands in for a real one.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -11,9 +13,9 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::http_client::{self as client, Form};
 use detris::segment::Segmenter;
 use detris::serve::api::{rle_encode, SegmentResponse};
-use detris::serve::client::{self, Form};
 use detris::serve::{self, Limits, Seconds, ServeOptions};
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris::Detris;
@@ -200,11 +202,16 @@ fn healthz_model_and_openapi() {
 #[test]
 fn multipart_masks_equal_segmenter() {
     let bytes = coffee();
-    let texts = [
-        "the cup on the table",
-        "the spoon",
+    // Two short sentences and one longer than the model's word length, whatever it is.
+    let word_len = tiny_config().word_len;
+    let cut_at = |t: &str| ClipTokenizer::global().tokenize(t, word_len).unwrap().truncated;
+    let mut long = String::from(
         "a very long referring expression about the small striped cup sitting next to the big red plate on the right",
-    ];
+    );
+    while !cut_at(&long) {
+        long += " of the table";
+    }
+    let texts = ["the cup on the table", "the spoon", long.as_str()];
     let (ct, body) = multipart(&bytes, &texts);
     let resp = ok(&post(shared(), &ct, &body));
 
@@ -236,9 +243,7 @@ fn multipart_masks_equal_segmenter() {
     }
     // Which sentences are cut follows from the model's word length (the tokenizer says it);
     // the texts are chosen so that both cases occur.
-    let word_len = tiny_config().word_len;
-    let cut: Vec<bool> =
-        texts.iter().map(|t| ClipTokenizer::global().tokenize(t, word_len).unwrap().truncated).collect();
+    let cut: Vec<bool> = texts.iter().map(|t| cut_at(t)).collect();
     assert!(cut.contains(&true) && cut.contains(&false), "{cut:?} at word length {word_len}");
     for (got, &cut) in resp.results.iter().zip(&cut) {
         assert_eq!(got.truncated, cut, "{}", got.sentence);

@@ -9,7 +9,8 @@ use std::process::Command;
 use common::{
     detris_checked, detris_unchecked, fresh_temp_dir, max_abs_diff, sorted_safetensors, synth_data, synth_train_args,
 };
-use detris::data::DataSpec;
+use detris::data::{DataSource, DataSpec};
+use detris::eval::EvalRequest;
 use detris::train::recipe::Schedule;
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris_io::data::loader::Mode;
@@ -116,9 +117,14 @@ fn validation_miou(checkpoint: &Path, data: &Path, split: &str, limit: usize) ->
     tch::set_num_threads(1);
     let files = WeightFiles { checkpoint: Some(checkpoint.to_path_buf()), ..Default::default() };
     let model = weights::load_model(&files, &ConfigChoice::default(), tch::Device::Cpu).unwrap();
-    let spec =
-        DataSpec { root: data.into(), dataset: "synth".into(), train_split: "train".into(), val_split: split.into() };
-    detris::eval::evaluate(&model, &spec, split, Mode::Val, limit, 8, 2, &Default::default()).unwrap().summary.miou
+    let request = EvalRequest {
+        mode: Mode::Val,
+        limit: Some(limit),
+        batch_size: 8,
+        workers: 2,
+        ..EvalRequest::new(DataSource::new(data, "synth"), split)
+    };
+    detris::eval::evaluate(&model, &request).unwrap().summary.miou
 }
 
 #[test]

@@ -1,12 +1,14 @@
+//! `detris bench`: the options and the report; [`measure`] runs the cases.
+
+mod measure;
+
 use anyhow::Result;
 use clap::Args;
 use tch::Kind;
 
-use detris::bench::{
-    matmul_gflops, print_table, run_case, run_case_isolated, scaling, BenchCase, BenchMode, BenchResult,
-};
 use detris::device::{auto_precision, CpuInfo, DeviceArg, Hardware, Precision};
 use detris::model::Lever;
+use measure::{matmul_gflops, print_table, run_case, run_case_isolated, scaling, BenchCase, BenchMode, BenchResult};
 
 #[derive(Args)]
 pub struct BenchArgs {

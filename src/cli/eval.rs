@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use detris::data::DataSpec;
-use detris::eval::{evaluate, table, EvalOutputs};
+use detris::data::DataSource;
+use detris::eval::{evaluate, table, EvalOutputs, EvalRequest};
 use detris_io::data::loader::Mode;
 
 use super::model_args::{InferencePrecision, ModelArgs};
@@ -92,15 +92,18 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     }
     let model = a.model.load_in(a.precision.precision)?;
     let mut reports = Vec::new();
+    let data = DataSource::new(&a.data, &a.dataset);
     for split in &a.split {
-        let spec = DataSpec {
-            root: a.data.clone(),
-            dataset: a.dataset.clone(),
-            train_split: String::new(),
-            val_split: split.clone(),
+        let request = EvalRequest {
+            data: data.clone(),
+            split: split.clone(),
+            mode: Mode::Test,
+            limit: (a.limit > 0).then_some(a.limit),
+            batch_size: a.batch_size,
+            workers: a.workers,
+            outputs: a.outputs.for_split(split, a.overlays.as_ref().map(|d| d.join(split))),
         };
-        let outputs = a.outputs.for_split(split, a.overlays.as_ref().map(|d| d.join(split)));
-        let r = evaluate(&model, &spec, split, Mode::Test, a.limit, a.batch_size, a.workers, &outputs)?;
+        let r = evaluate(&model, &request)?;
         if !r.resized_masks.is_empty() {
             eprintln!(
                 "note: {} ground-truth masks had another size than their photo and were resized to it (as the maintainers advise)",

@@ -6,6 +6,7 @@ pub mod data;
 pub mod distributed;
 pub mod eval;
 pub mod export;
+pub mod http_client;
 pub mod model_args;
 pub mod segment;
 pub mod serve;

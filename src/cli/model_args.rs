@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use detris::device::{DeviceArg, Precision};
-use detris::weights::{ConfigChoice, WeightFiles};
+use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris::Detris;
 
 #[derive(Args, Clone, Debug)]
@@ -80,8 +80,6 @@ impl ModelArgs {
         let kind = precision.kind().expect("a resolved precision");
         let files =
             WeightFiles { checkpoint: self.checkpoint.clone(), dinov2: self.dinov2.clone(), clip: self.clip.clone() };
-        // The library's loading: the shipped model when no weights are named.
-        let builder = detris::Segmenter::builder().weight_files(files).config_choice(self.config_choice()?);
-        Ok(builder.device(device).precision(kind).build()?.model)
+        weights::load_model_or_shipped(&files, &self.config_choice()?, device, kind)
     }
 }

@@ -3,9 +3,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use detris::batch::{self, BatchOptions};
-use detris::render;
+use detris::mask_formats;
 use detris::segment::{check_sentence, Segmenter};
 use detris_io::image::{self, PostPath, THRESHOLD};
+use detris_io::metrics::precision_label;
 
 use super::model_args::{InferencePrecision, ModelArgs};
 
@@ -107,14 +108,17 @@ fn segment_one(seg: &Segmenter, photo: &image::Rgb, texts: &[String], out: &Path
         for w in r.warnings(i) {
             eprintln!("warning: {w}");
         }
-        let stem = out.join(format!("{:02}-{}", i + 1, render::slug(&r.sentence)));
+        let stem = out.join(format!("{:02}-{}", i + 1, mask_formats::slug(&r.sentence)));
         let overlay_path = stem.with_extension("overlay.png");
         let json_path = stem.with_extension("json");
-        let pngs = render::sentence_pngs(photo, &r.mask, i)?;
+        let pngs = mask_formats::sentence_pngs(photo, &r.mask, i)?;
         image::write_png_atomic(stem.with_extension("mask.png"), &pngs.mask)?;
         image::write_png_atomic(&overlay_path, &pngs.overlay)?;
         if let (true, Some(p)) = (probabilities, &r.probabilities) {
-            image::write_png_atomic(stem.with_extension("prob.png"), &render::probability_png(p, r.width, r.height)?)?;
+            image::write_png_atomic(
+                stem.with_extension("prob.png"),
+                &mask_formats::probability_png(p, r.width, r.height)?,
+            )?;
         }
         std::fs::write(&json_path, serde_json::to_string_pretty(r)?)
             .with_context(|| format!("{}: cannot write", json_path.display()))?;
@@ -154,7 +158,8 @@ fn run_manifest(seg: &Segmenter, manifest: &detris_io::manifest::Manifest, a: &S
         a.out.join(batch::RESULTS_FILE).display()
     );
     if let Some(m) = &summary.metrics {
-        let prec: Vec<String> = m.prec.iter().map(|(t, p)| format!("Pr@{:.0} {:.2}", t * 100.0, 100.0 * p)).collect();
+        let prec: Vec<String> =
+            m.prec.iter().map(|(t, p)| format!("{} {:.2}", precision_label(*t), 100.0 * p)).collect();
         println!(
             "{} sentences with a ground truth: mIoU {:.2}, oIoU {:.2}, {}",
             summary.with_ground_truth,

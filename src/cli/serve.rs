@@ -1,9 +1,13 @@
+//! `detris serve` and `detris serve-load` (the server under a bounded load run, [`load`]).
+
+mod load;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use detris::serve::{self, load, Limits, ServeOptions};
+use detris::serve::{self, Limits, ServeOptions};
 use detris_io::image::PostPath;
 
 use super::model_args::{InferencePrecision, ModelArgs};

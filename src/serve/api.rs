@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::{AppState, Cancel, Job};
-use crate::segment::{Cancelled, SentenceMask, Timings};
+use crate::segment::{Cancelled, SentenceMask, SentenceTimings};
 
 /// The page: one file, inline CSS and JS, no external assets.
 pub const PAGE: &str = include_str!("page.html");
@@ -159,7 +159,7 @@ pub struct SegmentResponse {
     pub width: usize,
     pub height: usize,
     pub timings_ms: RequestTimings,
-    pub results: Vec<SentenceResult>,
+    pub results: Vec<SentenceAnswer>,
 }
 
 /// Milliseconds spent on the request, by stage.
@@ -176,9 +176,9 @@ pub struct RequestTimings {
     pub total: f64,
 }
 
-/// One sentence's mask.
+/// One sentence of the answer: its mask as PNGs and RLE, and what the user should know.
 #[derive(Serialize, Deserialize, Debug)]
-pub struct SentenceResult {
+pub struct SentenceAnswer {
     pub sentence: String,
     /// Foreground pixels.
     pub area: usize,
@@ -205,20 +205,7 @@ pub struct SentenceResult {
     pub rle: RleJson,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct SentenceTimings {
-    pub preprocess: f64,
-    pub forward: f64,
-    pub postprocess: f64,
-}
-
-impl From<&Timings> for SentenceTimings {
-    fn from(t: &Timings) -> SentenceTimings {
-        SentenceTimings { preprocess: t.preprocess, forward: t.forward, postprocess: t.postprocess }
-    }
-}
-
-pub use crate::render::{rle_encode, RleJson};
+pub use crate::mask_formats::{rle_encode, RleJson};
 
 fn busy(limit: &'static str, what: String) -> ApiError {
     ApiError::limit(StatusCode::SERVICE_UNAVAILABLE, limit, format!("the server is busy ({what}); retry in a moment"))
@@ -401,7 +388,7 @@ fn encode(
     token_counts: &[usize],
     cancel: &Cancel,
     max_bytes: usize,
-) -> Result<Vec<SentenceResult>, Encode> {
+) -> Result<Vec<SentenceAnswer>, Encode> {
     let mut out = Vec::with_capacity(masks.len());
     let mut bytes = 0usize;
     for (i, (m, &tokens)) in masks.iter().zip(token_counts).enumerate() {
@@ -417,12 +404,12 @@ fn encode(
         };
         let rle = RleJson::encode(&m.mask, m.width, m.height)?;
         step(rle.counts.len())?;
-        let pngs = crate::render::sentence_pngs(photo, &m.mask, i)?;
+        let pngs = crate::mask_formats::sentence_pngs(photo, &m.mask, i)?;
         let mask_png = B64.encode(pngs.mask);
         step(mask_png.len())?;
         let overlay_png = B64.encode(pngs.overlay);
         step(overlay_png.len())?;
-        out.push(SentenceResult {
+        out.push(SentenceAnswer {
             sentence: m.sentence.clone(),
             area: m.area,
             area_fraction: m.area_fraction(),
@@ -431,7 +418,7 @@ fn encode(
             truncated: m.truncated,
             token_ids: m.token_ids.clone(),
             warnings: m.warnings(i),
-            timings_ms: (&m.timings_ms).into(),
+            timings_ms: m.timings_ms.clone(),
             mask_png,
             overlay_png,
             rle,

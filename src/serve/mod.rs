@@ -11,12 +11,7 @@
 //! ```
 
 pub mod api;
-// The hand-written HTTP client of `serve-load` and the tests; not part of the library's API.
-#[doc(hidden)]
-pub mod client;
 mod conn;
-#[doc(hidden)]
-pub mod load;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

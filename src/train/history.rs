@@ -31,7 +31,7 @@ pub struct EpochRecord {
 
 /// `Pr@50` … `Pr@90`: a validation's precision at each IoU threshold, by label.
 pub fn prec_by_label(val: &Summary) -> Vec<(String, f64)> {
-    val.prec.iter().map(|(t, p)| (format!("Pr@{}", (t * 100.0).round() as i64), *p)).collect()
+    val.prec.iter().map(|(t, p)| (detris_io::metrics::precision_label(*t), *p)).collect()
 }
 
 impl EpochRecord {

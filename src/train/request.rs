@@ -12,7 +12,7 @@ use super::recipe::{
     Recipe, SaveFormat, Schedule, TrainOptions, DEFAULT_DATASET, DEFAULT_TRAIN_SPLIT, DEFAULT_VAL_SPLIT,
 };
 use super::yaml_config::YamlConfig;
-use crate::data::DataSpec;
+use crate::data::{DataSource, DataSpec};
 use crate::device::Precision;
 use crate::weights::{ConfigChoice, WeightFiles};
 
@@ -268,7 +268,7 @@ impl RunPlan {
         }
         let (dataset, train_split, val_split) =
             (self.dataset.clone(), self.train_split.clone(), self.val_split.clone());
-        Ok(DataSpec { root, dataset, train_split, val_split })
+        Ok(DataSpec { source: DataSource::new(root, dataset), train_split, val_split })
     }
 
     /// The options the trainer runs with, `precision` resolved for the device.

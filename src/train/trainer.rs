@@ -282,17 +282,16 @@ impl Trainer {
         if !self.opts.recipe.evaluate {
             return Ok(None);
         }
-        let (o, outputs) = (&self.opts, crate::eval::EvalOutputs::default());
-        let (limit, batch) = (o.val_limit, o.recipe.batch_size_val);
+        let o = &self.opts;
         let eval = crate::eval::evaluate(
             &self.model,
-            &o.data,
-            &o.data.val_split,
-            Mode::Val,
-            limit,
-            batch,
-            o.workers,
-            &outputs,
+            &crate::eval::EvalRequest {
+                mode: Mode::Val,
+                limit: (o.val_limit > 0).then_some(o.val_limit),
+                batch_size: o.recipe.batch_size_val,
+                workers: o.workers,
+                ..crate::eval::EvalRequest::new(o.data.source.clone(), &o.data.val_split)
+            },
         )?;
         Ok(Some(eval.summary))
     }
@@ -308,7 +307,7 @@ impl Trainer {
             .map(|(_, v)| v.shallow_clone())
             .collect();
         let identity = RunIdentity { options: &self.opts, resume_at_step: self.state.global_step };
-        let anns = self.opts.data.root.join("anns").join(&self.opts.data.dataset);
+        let anns = self.opts.data.source.root.join("anns").join(&self.opts.data.source.dataset);
         let files = [&self.opts.data.train_split, &self.opts.data.val_split].map(|s| anns.join(format!("{s}.json")));
         crate::distributed::start_training(&vars, &shared, &serde_json::to_value(identity)?, &files)
     }

@@ -2,6 +2,10 @@
 //! official model.
 #![allow(dead_code)]
 
+/// The binary's HTTP client (`detris serve-load` uses it), for the server's tests.
+#[path = "../../src/cli/http_client.rs"]
+pub mod http_client;
+
 use std::collections::BTreeMap;
 
 use detris::{Detris, DetrisConfig};

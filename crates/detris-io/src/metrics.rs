@@ -17,6 +17,11 @@ pub fn prec_thresholds() -> [f32; PREC_THRESHOLDS] {
     std::array::from_fn(|i| (0.5 + 0.1 * i as f64) as f32)
 }
 
+/// The name of the Pr@X figure of `threshold`: `Pr@50` for 0.5 (the official logs' names).
+pub fn precision_label(threshold: f32) -> String {
+    format!("Pr@{}", (f64::from(threshold) * 100.0).round() as i64)
+}
+
 /// `I / (U + 1e-6)`, the official per-sentence IoU.
 pub fn iou(intersection: u64, union: u64) -> f64 {
     intersection as f64 / (union as f64 + 1e-6)

@@ -69,18 +69,28 @@ fn letterbox_warp_and_normalisation_match_opencv() {
     let max = diffs.iter().copied().max().unwrap_or(0);
     let differing = diffs.iter().filter(|&&d| d != 0).count();
     eprintln!("warped_u8: max |diff| {max}, {differing} of {} values differ", diffs.len());
-    // Exact on this photo and size. On others a value may differ by one where the f32 sum is
-    // a rounding step away from a half, as OpenCV's own two code paths do (the next test).
-    assert_eq!((max, differing), (0, 0));
+    // A value may differ by one where the f32 sum is a rounding step away from a half, as
+    // OpenCV's own two code paths do (the next test); the shared fixture happens to have none.
+    assert!(max <= 1, "a warped value is off by {max} (of 255)");
+    assert!(
+        differing as f64 <= MAX_OFF_BY_ONE * diffs.len() as f64,
+        "{differing} of {} warped values differ",
+        diffs.len()
+    );
 
     let want_input = f32s(tensor(&st, "input_f32", Dtype::F32).1);
     // Normalising the fixture's own warped pixels must agree to f32 rounding (1e-6).
     let from_fixture = max_abs_diff(&normalize_clip(want, size), &want_input);
-    // The full pipeline: identical pixels, so the same 1e-6.
+    // The pipeline is the warp, then the same normalisation: 1e-6 on its own pixels.
+    let own_pixels = max_abs_diff(&input, &normalize_clip(&warped, size));
+    // Against the fixture: where a pixel is off by one, one grey step over the channel's std.
+    let one_step = 1.0 / 255.0 / CLIP_STD.iter().copied().fold(f32::INFINITY, f32::min);
     let pipeline = max_abs_diff(&input, &want_input);
     eprintln!("input_f32: max |diff| {pipeline:e} (from the fixture's pixels: {from_fixture:e})");
     assert!(from_fixture <= 1e-6, "{from_fixture}");
-    assert!(pipeline <= 1e-6, "{pipeline}");
+    assert!(own_pixels <= 1e-6, "{own_pixels}");
+    let bound = if differing == 0 { 1e-6 } else { one_step + 1e-6 };
+    assert!(pipeline <= bound, "{pipeline} (bound {bound})");
 }
 
 /// The synthetic photo of `scripts/dev/letterbox_cases.py` (`synthetic_photo`): the same u32
@@ -133,14 +143,17 @@ fn letterbox_warp_matches_opencv_on_generated_photos_but_for_rare_ties() {
         opencv_self += case["simd_vs_scalar_differences"].as_u64().unwrap_or(0);
     }
     eprintln!("in all {off} of {values} values differ by one; OpenCV's two paths disagree on {opencv_self}");
-    // Tolerance: off by one in at most 2 of 100 000 values, because no summation order is
-    // "the" exact one. OpenCV sums the 16 cubic taps in f32 in an order (and with FMA or not)
-    // that depends on its code path: its SIMD and scalar results disagree with each other
-    // (11 of 4.8 million values on the shared photos at 112 to 518, one of them on the
-    // fixture photo at 112). Where detris differs, its f32 sum lies within a rounding step
-    // (3e-5) of a half. Measured: about 7 in a million, here and on the shared photos.
-    assert!(off as f64 <= 2e-5 * values as f64, "{off} of {values} values differ");
+    assert!(off as f64 <= MAX_OFF_BY_ONE * values as f64, "{off} of {values} values differ");
 }
+
+/// The share of letterboxed values that may differ from OpenCV's, by one (of 255): at most
+/// 2 in 100 000, because no summation order is "the" exact one. OpenCV sums the 16 cubic
+/// taps in f32 in an order (and with FMA or not) that depends on its code path: its SIMD and
+/// scalar results disagree with each other (11 of 4.8 million values on the shared photos at
+/// 112 to 518, one of them on the fixture photo at 112). Where detris differs, its f32 sum
+/// lies within a rounding step (3e-5) of a half. Seen: about 7 in a million on the generated
+/// photos, none on the shared fixture, 1 in 602 112 on another fixture set.
+const MAX_OFF_BY_ONE: f64 = 2e-5;
 
 #[test]
 fn postprocessing_matches_both_official_paths() {

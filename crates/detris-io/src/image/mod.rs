@@ -12,17 +12,19 @@
 
 mod decode;
 mod letterbox;
+mod overlay;
+mod png;
 mod postprocess;
 mod preprocess;
-mod render;
 mod upsample;
 mod warp;
 
 pub use decode::{decode_rgb, load_rgb, MAX_PIXELS, MAX_SIDE};
 pub use letterbox::Letterbox;
+pub use overlay::overlay;
+pub use png::{mask_png, read_mask_png, rgb_png, write_png_atomic};
 pub use postprocess::{postprocess, unwarp_prob, PostPath, Prob, THRESHOLD};
 pub use preprocess::{normalize_clip, preprocess, warp_image, warp_mask, CLIP_MEAN, CLIP_STD};
-pub use render::{mask_png, overlay, read_mask_png, rgb_png, write_png_atomic};
 pub use upsample::{sigmoid, upsample_bicubic_align_corners, upsample_bilinear_align_corners};
 
 /// Smallest photo side accepted: below it the letterbox has nothing to show.

@@ -31,18 +31,6 @@ pub struct Prob {
     pub mask: Vec<bool>,
 }
 
-impl Prob {
-    /// Mean of `prob` over the photo (what the server reports), 0 for an empty map.
-    pub fn mean_prob(&self) -> f32 {
-        let sum: f64 = self.prob.iter().map(|&p| f64::from(p)).sum();
-        if self.prob.is_empty() {
-            0.0
-        } else {
-            (sum / self.prob.len() as f64) as f32
-        }
-    }
-}
-
 /// Logits `lh × lw` (row-major f32) → probability and mask at the photo's `src_w × src_h`.
 pub fn postprocess(logits: &[f32], lh: usize, lw: usize, lb: &Letterbox, path: PostPath) -> Result<Prob> {
     if lh == 0 || lw == 0 || Some(logits.len()) != lh.checked_mul(lw) {

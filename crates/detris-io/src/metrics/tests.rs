@@ -89,3 +89,9 @@ fn summary_serialises() {
     let back: Summary = serde_json::from_value(json).unwrap();
     assert_eq!(back, m.summary());
 }
+
+#[test]
+fn precision_labels_name_the_official_thresholds() {
+    let labels: Vec<String> = prec_thresholds().into_iter().map(precision_label).collect();
+    assert_eq!(labels, ["Pr@50", "Pr@60", "Pr@70", "Pr@80", "Pr@90"]);
+}

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use base64::Engine;
+use detris::device::peak_rss_kib;
 
-use super::client::{self, Form};
+use crate::cli::http_client::{self, Form};
 
 pub struct LoadOptions {
     pub requests: usize,
@@ -101,8 +102,6 @@ fn percentiles(v: &mut [f64]) -> [f64; 4] {
     [at(0.50), at(0.95), at(0.99), v[v.len() - 1]]
 }
 
-pub use crate::device::peak_rss_kib;
-
 /// Sends the requests and waits for every answer.
 pub fn run(addr: SocketAddr, o: &LoadOptions) -> Result<LoadReport> {
     ensure!(addr.ip().is_loopback(), "the load run only talks to loopback addresses, not {addr}");
@@ -120,7 +119,7 @@ pub fn run(addr: SocketAddr, o: &LoadOptions) -> Result<LoadReport> {
                 let (ct, body, malformed) = build(i, o);
                 let t = Instant::now();
                 let status =
-                    client::request(addr, "POST", "/v1/segment", Some(&ct), &body).map(|r| r.status).unwrap_or(0);
+                    http_client::request(addr, "POST", "/v1/segment", Some(&ct), &body).map(|r| r.status).unwrap_or(0);
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 results.lock().unwrap().push((status, ms, malformed));
             });

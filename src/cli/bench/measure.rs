@@ -1,4 +1,5 @@
-//! `detris bench`: seconds per image and peak memory of a DETRIS variant with
+//! The measuring of `detris bench` (a tool of the command line, not of the library):
+//! seconds per image and peak memory of a DETRIS variant with
 //! random weights (no files needed), for the plain reference mode (the
 //! official computation step by step) and the fast mode, side by side, so
 //! every speed-up is a ratio measured on one machine in one run.
@@ -12,10 +13,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::DetrisConfig;
-use crate::device::{DeviceArg, Precision};
-use crate::model::init::randomise;
-use crate::model::{Ctx, Detris, Lever, Levers};
+use detris::config::DetrisConfig;
+use detris::device::{DeviceArg, Precision};
+use detris::model::init::randomise;
+use detris::model::{Ctx, Detris, Lever, Levers};
 
 /// Which computation a case times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +66,7 @@ pub struct BenchCase {
     #[serde(default = "one")]
     pub batch: usize,
     /// Sentences per pass for K sentences in the fast mode (None: the device's
-    /// default, [`crate::model::detris::sentence_batch`]).
+    /// default, [`detris::model::detris::sentence_batch`]).
     #[serde(default)]
     pub sentence_batch: Option<usize>,
     /// A training step (forward, loss, backward, Adam) instead of inference.
@@ -110,7 +111,7 @@ impl BenchResult {
 
 /// Peak resident set size of this process (Linux `VmHWM`), bytes.
 pub fn peak_rss() -> u64 {
-    crate::device::peak_rss_kib().map_or(0, |kib| kib * 1024)
+    detris::device::peak_rss_kib().map_or(0, |kib| kib * 1024)
 }
 
 impl BenchCase {
@@ -155,7 +156,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     if case.batch > 1 && case.sentences > 1 {
         anyhow::bail!("K sentences are measured on one image (batch 1)");
     }
-    let (rank, world) = crate::distributed::rank_and_size();
+    let (rank, world) = detris::distributed::rank_and_size();
     if world != case.ranks {
         anyhow::bail!("a case of {} rank(s) runs in a group of {world}", case.ranks);
     }
@@ -163,11 +164,11 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         anyhow::bail!("several ranks time training steps whose batch divides over them");
     }
     // The official data-parallel recipe: the global batch split over the ranks, SyncBatchNorm.
-    let sync_bn = crate::distributed::sync_bn::SyncBn::for_run(true);
+    let sync_bn = detris::distributed::sync_bn::SyncBn::for_run(true);
     let gpu_before = device.is_cuda().then(|| {
         let _ = Tensor::zeros([1], (Kind::Float, device));
         synchronize(device);
-        crate::device::cuda_memory_in_use()
+        detris::device::cuda_memory_in_use()
     });
     if device.is_cuda() {
         tch::Cuda::set_user_enabled_cudnn(case.cudnn);
@@ -186,10 +187,10 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     let mut pass: Box<dyn FnMut() -> Result<()> + '_> = if case.train {
         // The official recipe: backbones frozen, adapters, neck, decoder and
         // projector trained; the precision is autocast's.
-        let mut precision = crate::train::precision::MixedPrecision::new(case.precision, device)?;
+        let mut precision = detris::train::precision::MixedPrecision::new(case.precision, device)?;
         let trainable: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-        let mut opt = crate::train::adam::Adam::new(trainable, 1e-4);
+        let mut opt = detris::train::adam::Adam::new(trainable, 1e-4);
         tch::manual_seed(rank as i64); // each rank its own images
         let img = Tensor::randn([b, 3, s, s], (Kind::Float, device));
         let ids = random_ids(&cfg, b, device);
@@ -197,7 +198,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let model = &model;
         Box::new(move || {
             let sync_bn = sync_bn.as_ref();
-            crate::train::trainer::train_step(model, &mut opt, &img, &ids, &target, levers, sync_bn, &mut precision)?;
+            detris::train::trainer::train_step(model, &mut opt, &img, &ids, &target, levers, sync_bn, &mut precision)?;
             synchronize(device);
             Ok(())
         })
@@ -211,7 +212,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
         let shared = case.mode == BenchMode::Fast;
         let sentence_batch = case
             .sentence_batch
-            .map_or(crate::model::detris::sentence_batch(device, kind, cfg.image_tokens() as i64), |n| n as i64);
+            .map_or(detris::model::detris::sentence_batch(device, kind, cfg.image_tokens() as i64), |n| n as i64);
         Box::new(move || {
             tch::no_grad(|| {
                 let _out = if b > 1 {
@@ -240,7 +241,7 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     drop(pass);
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let peak_gpu =
-        gpu_before.flatten().and_then(|before| Some(crate::device::cuda_memory_in_use()?.saturating_sub(before)));
+        gpu_before.flatten().and_then(|before| Some(detris::device::cuda_memory_in_use()?.saturating_sub(before)));
     Ok(BenchResult {
         case: case.clone(),
         median_s: times[times.len() / 2],
@@ -260,11 +261,11 @@ pub fn run_case_isolated(case: &BenchCase, warmup: usize, runs: usize) -> Result
             .iter()
             .map(Into::into)
             .collect();
-    let port = if case.ranks > 1 { crate::distributed::launch::free_port()? } else { 0 };
+    let port = if case.ranks > 1 { detris::distributed::launch::free_port()? } else { 0 };
     let children = (0..case.ranks.max(1))
         .map(|rank| {
             let mut c = if case.ranks > 1 {
-                crate::distributed::launch::rank_command(&exe, &args, rank, case.ranks, port)
+                detris::distributed::launch::rank_command(&exe, &args, rank, case.ranks, port)
             } else {
                 let mut c = std::process::Command::new(&exe);
                 c.args(&args);

@@ -1,4 +1,4 @@
-//! Masks and overlays out (PNG), ground-truth masks in.
+//! PNG out (masks, photos, written atomically) and ground-truth masks in.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,10 +10,8 @@ use super::decode::{decode_checked, to_grey8_like_cv2};
 use super::Rgb;
 use crate::error::{read_file, Error, Result};
 
-/// Half-width of the outline drawn by [`overlay`], pixels.
-const OUTLINE_PX: usize = 2;
-
-fn check_len(what: &str, len: usize, w: usize, h: usize) -> Result<()> {
+/// Refuses a `w × h` image whose pixel count is not `len` (or is empty).
+pub(super) fn check_len(what: &str, len: usize, w: usize, h: usize) -> Result<()> {
     if Some(len) == w.checked_mul(h) && w > 0 && h > 0 {
         Ok(())
     } else {
@@ -60,43 +58,6 @@ pub fn write_png_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
-}
-
-/// The photo with the mask tinted 50 % towards `color` and a 2-pixel outline of the mask's
-/// boundary (its inner edge) in the solid colour. `mask` is `height × width`, row-major.
-pub fn overlay(img: &Rgb, mask: &[bool], color: [u8; 3]) -> Result<Rgb> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    check_len("mask", mask.len(), w, h)?;
-    let inner = erode(mask, w, h, OUTLINE_PX);
-    let mut out = img.clone();
-    for (i, px) in out.pixels_mut().enumerate() {
-        if !mask[i] {
-            continue;
-        }
-        for c in 0..3 {
-            px[c] = if inner[i] { (u16::from(px[c]) + u16::from(color[c])).div_ceil(2) as u8 } else { color[c] };
-        }
-    }
-    Ok(out)
-}
-
-/// Square erosion of radius `r` (separable); outside the frame counts as foreground, so a
-/// mask touching the border is not outlined along the frame.
-fn erode(mask: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
-    let mut horiz = vec![false; w * h];
-    for y in 0..h {
-        let row = &mask[y * w..y * w + w];
-        for x in 0..w {
-            horiz[y * w + x] = row[x.saturating_sub(r)..(x + r + 1).min(w)].iter().all(|&m| m);
-        }
-    }
-    let mut out = vec![false; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = (y.saturating_sub(r)..(y + r + 1).min(h)).all(|yy| horiz[yy * w + x]);
-        }
-    }
-    out
 }
 
 /// A ground-truth mask as cv2 `IMREAD_GRAYSCALE` reads it: `(grey, width, height)`, row-major
