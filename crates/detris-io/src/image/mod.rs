@@ -18,7 +18,7 @@ mod render;
 mod upsample;
 mod warp;
 
-pub use decode::{decode_rgb, load_rgb, MAX_PIXELS, MAX_SIDE};
+pub use decode::{decode_rgb, load_rgb, photo_size, MAX_PIXELS, MAX_SIDE};
 pub use letterbox::Letterbox;
 pub use postprocess::{postprocess, unwarp_prob, PostPath, Prob, THRESHOLD};
 pub use preprocess::{normalize_clip, preprocess, warp_image, warp_mask, CLIP_MEAN, CLIP_STD};
