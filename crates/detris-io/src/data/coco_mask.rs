@@ -134,7 +134,8 @@ impl Rle {
             .iter()
             .enumerate()
             .map(|(k, p)| {
-                check_polygon(p).and_then(|()| Rle::from_polygon(p, height, width))
+                check_polygon(p)
+                    .and_then(|()| Rle::from_polygon(p, height, width))
                     .map_err(|e| Error::input(format!("polygon {}: {e}", k + 1)))
             })
             .collect::<Result<Vec<Rle>>>()?;

@@ -223,8 +223,9 @@ impl Loader {
                 (0..self.source.len()).map(|r| (r, 0)).collect::<Vec<_>>().chunks(b).map(<[_]>::to_vec).collect()
             }
             Mode::Test => {
-                let all: Vec<(usize, usize)> =
-                    (0..self.source.len()).flat_map(|r| (0..self.source.sentence_count(r)).map(move |s| (r, s))).collect();
+                let all: Vec<(usize, usize)> = (0..self.source.len())
+                    .flat_map(|r| (0..self.source.sentence_count(r)).map(move |s| (r, s)))
+                    .collect();
                 all.chunks(b).map(<[_]>::to_vec).collect()
             }
         }
@@ -352,9 +353,10 @@ impl Job {
 
     fn load_ref(&self, ref_index: usize, sentence_index: usize) -> Result<Sample> {
         let r = self.source.get(ref_index)?;
-        let sentence = r.sentences.get(sentence_index).ok_or_else(|| {
-            Error::input(format!("has {} sentences, not {}", r.sentences.len(), sentence_index + 1))
-        })?;
+        let sentence = r
+            .sentences
+            .get(sentence_index)
+            .ok_or_else(|| Error::input(format!("has {} sentences, not {}", r.sentences.len(), sentence_index + 1)))?;
         let photo = load_rgb(&r.image)?;
         let (width, height) = (photo.width() as usize, photo.height() as usize);
         let (image, letterbox) = preprocess(&photo, self.opts.input_size);

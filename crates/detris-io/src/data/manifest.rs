@@ -87,8 +87,8 @@ impl GroundTruth {
             }
             GroundTruth::Rle(rle) => Ok(GreyMask { grey: foreground(rle), width: rle.width(), height: rle.height() }),
             GroundTruth::Polygons(polygons) => {
-                let rle =
-                    Rle::from_polygons(polygons, height, width).map_err(|e| Error::input(format!("mask_polygons: {e}")))?;
+                let rle = Rle::from_polygons(polygons, height, width)
+                    .map_err(|e| Error::input(format!("mask_polygons: {e}")))?;
                 Ok(GreyMask { grey: foreground(&rle), width, height })
             }
         }
@@ -215,9 +215,7 @@ pub fn parse_line(raw: &str, line: usize, base: &Path) -> Result<ManifestItem> {
             let mut parts = rles_from_segmentation(&v, 0, 0).map_err(|e| Error::input(format!("mask_rle: {e}")))?;
             Some(GroundTruth::Rle(parts.remove(0)))
         }
-        (_, Some(_), _) => {
-            return Err(Error::input("mask_rle must be an object {\"size\": [h, w], \"counts\": ...}"))
-        }
+        (_, Some(_), _) => return Err(Error::input("mask_rle must be an object {\"size\": [h, w], \"counts\": ...}")),
         (_, _, Some(v)) => {
             Some(GroundTruth::Polygons(check_polygons(&v).map_err(|e| Error::input(format!("mask_polygons: {e}")))?))
         }

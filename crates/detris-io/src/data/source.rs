@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{photo_key, GroundTruth, GreyMask, ManifestIndex};
+use super::manifest::{photo_key, GreyMask, GroundTruth, ManifestIndex};
 use super::prepared::{ann_path, image_path_of, mask_path, read_split, RefRecord};
 use crate::error::{Error, Result};
 use crate::image::read_mask_png;

@@ -44,8 +44,7 @@ impl ManifestIndex {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut reader = BufReader::with_capacity(1 << 16, file);
-        let mut index =
-            ManifestIndex { path: Arc::from(path), base, entries: Vec::new(), bad: Vec::new(), lines: 0 };
+        let mut index = ManifestIndex { path: Arc::from(path), base, entries: Vec::new(), bad: Vec::new(), lines: 0 };
         // Ids by hash → the line that holds it; a hit is confirmed by reading that line again.
         let mut ids: HashMap<u64, u32> = HashMap::new();
         let (mut offset, mut number) = (0u64, 0usize);
@@ -59,7 +58,9 @@ impl ManifestIndex {
             let start = offset;
             offset += taken as u64;
             let raw = trim_line_end(&buf);
-            if !too_long && raw.iter().all(u8::is_ascii_whitespace) {
+            let text = std::str::from_utf8(raw);
+            // Blank as `parse` sees it (Unicode white space).
+            if !too_long && text.is_ok_and(|t| t.trim().is_empty()) {
                 continue;
             }
             index.lines += 1;
@@ -68,7 +69,7 @@ impl ManifestIndex {
                 index.bad.push(bad(format!("the line has more than {MAX_LINE_BYTES} bytes")));
                 continue;
             }
-            let Ok(text) = std::str::from_utf8(raw) else {
+            let Ok(text) = text else {
                 index.bad.push(bad("the line is not UTF-8 text".into()));
                 continue;
             };

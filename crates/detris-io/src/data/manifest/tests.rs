@@ -20,8 +20,7 @@ fn polygons_rasterise_as_pycocotools() {
         let (h, w) = (case["height"].as_u64().unwrap() as usize, case["width"].as_u64().unwrap() as usize);
         let polygons = check_polygons(&case["polygons"]).unwrap();
         // frPyObjects: one RLE per polygon.
-        let parts: Vec<String> =
-            polygons.iter().map(|p| Rle::from_polygon(p, h, w).unwrap().to_compressed()).collect();
+        let parts: Vec<String> = polygons.iter().map(|p| Rle::from_polygon(p, h, w).unwrap().to_compressed()).collect();
         let want: Vec<&str> = case["parts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
         assert_eq!(parts, want, "{name}: parts");
         // merge: the union.
@@ -40,7 +39,8 @@ fn polygons_rasterise_as_pycocotools() {
 
 #[test]
 fn bad_polygons_are_errors_naming_line_and_polygon() {
-    let line = |polygons: &str| format!("{{\"image\": \"a.jpg\", \"sentences\": [\"x\"], \"mask_polygons\": {polygons}}}");
+    let line =
+        |polygons: &str| format!("{{\"image\": \"a.jpg\", \"sentences\": [\"x\"], \"mask_polygons\": {polygons}}}");
     let text = [
         line("[[1, 2, 3, 4, 5, 6]]"),
         line("[[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7]]"),

@@ -353,7 +353,10 @@ fn refclef_uses_its_picture_folder_and_skips_the_excluded_pictures() {
     // The prepared set finds its pictures under images/saiapr_tc-12.
     use crate::data::source::MaskSource;
     let refs = crate::data::loader::prepared_refs(&out.0, "refclef", "train").unwrap();
-    assert!(!refs.is_empty() && refs.iter().all(|r| r.image.is_file() && matches!(&r.mask, MaskSource::PreparedPng(m) if m.is_file())));
+    assert!(
+        !refs.is_empty()
+            && refs.iter().all(|r| r.image.is_file() && matches!(&r.mask, MaskSource::PreparedPng(m) if m.is_file()))
+    );
     assert!(refs[0].image.to_string_lossy().contains("saiapr_tc-12"));
 }
 

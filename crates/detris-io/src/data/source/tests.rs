@@ -35,11 +35,8 @@ fn batches(loader: &Loader, epoch: u64) -> Vec<Batch> {
 
 /// What a model sees of a batch, and which sample is where.
 fn seen(batch: &Batch) -> (&[f32], &[i64], &[bool], Option<&Vec<f32>>, Vec<(usize, usize, String, String)>) {
-    let items = batch
-        .items
-        .iter()
-        .map(|i| (i.ref_index, i.sentence_index, i.segment_id.clone(), i.sentence.clone()))
-        .collect();
+    let items =
+        batch.items.iter().map(|i| (i.ref_index, i.sentence_index, i.segment_id.clone(), i.sentence.clone())).collect();
     (&batch.images, &batch.word_ids, &batch.pad_mask, batch.targets.as_ref(), items)
 }
 
@@ -131,7 +128,10 @@ fn the_split_by_photo_keeps_photos_on_one_side() {
     let c = split.counts;
     assert_eq!(c.train_photos + c.val_photos, photos.len());
     assert_eq!(c.val_photos, (0.3 * photos.len() as f64).round() as usize);
-    assert_eq!((c.train_refs + c.val_refs, c.train_refs, c.val_refs), (source.len(), split.train.len(), split.val.len()));
+    assert_eq!(
+        (c.train_refs + c.val_refs, c.train_refs, c.val_refs),
+        (source.len(), split.train.len(), split.val.len())
+    );
     assert!(shared_photos(&split.train, &split.val).is_empty());
     let keys = |s: &RefSource| (0..s.len()).map(|r| s.photo_key(r)).collect::<HashSet<_>>();
     assert!(keys(&split.train).is_disjoint(&keys(&split.val)));
@@ -165,7 +165,9 @@ fn the_check_report_counts_and_names_what_is_wrong() {
     text.push_str(&format!(
         "{{\"id\": \"poly\", \"image\": \"{photo}\", \"sentences\": [\"the very long sentence that goes on and on and on\"], \"mask_polygons\": [[0, 0, 10, 0, 10, 10, 0, 10]]}}\n"
     ));
-    text.push_str("{\"id\": \"gone\", \"image\": \"missing.png\", \"sentences\": [\"zebra\"], \"mask\": \"missing.png\"}\n");
+    text.push_str(
+        "{\"id\": \"gone\", \"image\": \"missing.png\", \"sentences\": [\"zebra\"], \"mask\": \"missing.png\"}\n",
+    );
     std::fs::write(&out, text).unwrap();
     let source = RefSource::manifest(&out).unwrap();
     let n = good.len();
