@@ -33,8 +33,11 @@ fn batches(loader: &Loader, epoch: u64) -> Vec<Batch> {
     loader.epoch(epoch).collect::<Result<_>>().unwrap()
 }
 
+/// (ref, sentence, segment id, sentence text) of each sample.
+type Placed = Vec<(usize, usize, String, String)>;
+
 /// What a model sees of a batch, and which sample is where.
-fn seen(batch: &Batch) -> (&[f32], &[i64], &[bool], Option<&Vec<f32>>, Vec<(usize, usize, String, String)>) {
+fn seen(batch: &Batch) -> (&[f32], &[i64], &[bool], Option<&Vec<f32>>, Placed) {
     let items =
         batch.items.iter().map(|i| (i.ref_index, i.sentence_index, i.segment_id.clone(), i.sentence.clone())).collect();
     (&batch.images, &batch.word_ids, &batch.pad_mask, batch.targets.as_ref(), items)
