@@ -458,6 +458,15 @@ def manifest_seeds():
             "",
             "   ",
         ])),
+        ("polygons.jsonl", "\n".join([
+            line(id="p1", image="a.jpg", sentences=["the kite"], mask_polygons=[[1, 1, 5.5, 1, 3, 4.25]]),
+            line(image="b.jpg", sentences=["two parts"], mask_polygons=[[0, 0, 6, 0, 6, 2], [-3, 1, 9, 1, 4, 9]]),
+            line(image="c.jpg", sentences=["odd"], mask_polygons=[[1, 2, 3, 4, 5, 6, 7]]),
+            line(image="c.jpg", sentences=["two points"], mask_polygons=[[1, 2, 3, 4]]),
+            line(image="c.jpg", sentences=["text"], mask_polygons=[[1, 2, "3", 4, 5, 6]]),
+            line(image="c.jpg", sentences=["far"], mask_polygons=[[0, 0, 1e9, 0, 0, 1e9]]),
+            line(image="c.jpg", sentences=["all"], mask="m.png", mask_polygons=[[1, 1, 2, 2, 3, 1]]),
+        ]) + "\n"),
     ]
 
 

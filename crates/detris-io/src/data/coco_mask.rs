@@ -125,6 +125,23 @@ impl Rle {
         Ok(Rle { height, width, counts: runs_from_starts(starts) })
     }
 
+    /// The mask of several polygons, as `annToMask` makes it: `frPyObjects(polygons, h, w)`
+    /// (one RLE per polygon), then `merge` (their union). pycocotools' `decode` of the
+    /// `frPyObjects` list alone would give one mask per polygon; the union is what a COCO
+    /// annotation of several parts means. Each polygon is checked by [`check_polygons`]'s rules.
+    pub fn from_polygons(polygons: &[Vec<f64>], height: usize, width: usize) -> Result<Rle> {
+        let parts = polygons
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                check_polygon(p)
+                    .and_then(|()| Rle::from_polygon(p, height, width))
+                    .map_err(|e| Error::input(format!("polygon {}: {e}", k + 1)))
+            })
+            .collect::<Result<Vec<Rle>>>()?;
+        Rle::merge(&parts, false)
+    }
+
     /// `rleFrBbox`: box `[x, y, w, h]` as the polygon of its four corners.
     pub fn from_bbox(bbox: [f64; 4], height: usize, width: usize) -> Result<Rle> {
         let [xs, ys, bw, bh] = bbox;
@@ -415,6 +432,52 @@ pub fn rles_from_segmentation(seg: &Value, height: usize, width: usize) -> Resul
         },
         _ => Err(Error::input("segmentation is neither a list nor an RLE object")),
     }
+}
+
+/// A JSON list of polygons `[[x1, y1, x2, y2, ...], ...]` → coordinates, each polygon
+/// checked: numbers only, finite, an even count, at least 3 points. The error names the
+/// polygon (1-based) and the offending value.
+pub fn check_polygons(v: &Value) -> Result<Vec<Vec<f64>>> {
+    let Some(items) = v.as_array() else {
+        return Err(Error::input("is not a list of polygons [[x1, y1, x2, y2, ...], ...]"));
+    };
+    if items.is_empty() {
+        return Err(Error::input("is an empty list: give at least one polygon"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let whose = || format!("polygon {}", k + 1);
+            let Some(values) = p.as_array() else {
+                return Err(Error::input(format!("{} is not a list of numbers: {p}", whose())));
+            };
+            let xy = values
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    n.as_f64().ok_or_else(|| Error::input(format!("{}, value {}: {n} is not a number", whose(), i + 1)))
+                })
+                .collect::<Result<Vec<f64>>>()?;
+            check_polygon(&xy).map_err(|e| Error::input(format!("{}: {e}", whose())))?;
+            Ok(xy)
+        })
+        .collect()
+}
+
+/// At least 3 points (so that pycocotools never takes it for a 4-number box), an even
+/// count, every value finite.
+fn check_polygon(xy: &[f64]) -> Result<()> {
+    if let Some(i) = xy.iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(format!("value {} is {}, not a finite number", i + 1, xy[i])));
+    }
+    if xy.len() % 2 == 1 {
+        return Err(Error::input(format!("has {} numbers, an odd count: give x, y pairs", xy.len())));
+    }
+    if xy.len() < 6 {
+        return Err(Error::input(format!("has {} points, fewer than 3", xy.len() / 2)));
+    }
+    Ok(())
 }
 
 fn numbers(v: &Value, what: &str) -> Result<Vec<f64>> {

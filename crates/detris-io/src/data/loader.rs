@@ -1,6 +1,6 @@
-//! Batches for training and evaluation over the prepared layout
-//! (`anns/<ds>/<split>.json`, `images/train2014/`, `masks/<ds>/<id>.png`),
-//! so real and synthetic data load the same way.
+//! Batches for training and evaluation over any [`RefSource`]: a prepared split
+//! (`anns/<ds>/<split>.json`, `images/train2014/`, `masks/<ds>/<id>.png`) or a manifest,
+//! so real, synthetic and one's own data load the same way.
 //!
 //! Sentence choice follows the official code: training takes one random
 //! sentence per ref per epoch (refs shuffled, last partial batch dropped),
@@ -12,47 +12,20 @@
 //! ChaCha8(seed, epoch) before any work starts, and every item is computed
 //! from its own inputs only, so batches are identical for any worker count.
 
-use super::prepared::{image_path_of, mask_path, read_split, RefRecord};
+pub use super::source::{prepared_refs, LoaderRef, MaskSource, Origin, RefSource};
 use crate::error::{Error, Result};
-use crate::image::{load_rgb, preprocess, read_mask_png, warp_mask, Letterbox};
+use crate::image::{load_rgb, preprocess, warp_mask, Letterbox};
 use crate::tokenizer::{pad_mask, ClipTokenizer};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
-/// One ref, as the loader needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoaderRef {
-    pub image: PathBuf,
-    pub mask: PathBuf,
-    /// Names the ref in reports: the prepared `segment_id` (the ref id).
-    pub segment_id: String,
-    pub sentences: Vec<String>,
-}
-
-impl LoaderRef {
-    /// The ref of a prepared record of `dataset` under `root`.
-    pub fn from_record(root: &Path, dataset: &str, record: &RefRecord) -> LoaderRef {
-        LoaderRef {
-            image: image_path_of(root, dataset, &record.img_name),
-            mask: mask_path(root, dataset, &record.segment_id),
-            segment_id: record.segment_id.to_string(),
-            sentences: record.sentences.iter().map(|s| s.sent.clone()).collect(),
-        }
-    }
-}
-
-/// The refs of `root/anns/<dataset>/<split>.json` ([`read_split`]), with the
-/// image under `root/images/train2014/` and the mask at `root/masks/<dataset>/<segment_id>.png`.
-pub fn prepared_refs(root: &Path, dataset: &str, split: &str) -> Result<Vec<LoaderRef>> {
-    Ok(read_split(root, dataset, split)?.iter().map(|r| LoaderRef::from_record(root, dataset, r)).collect())
-}
 
 /// Which sentences an epoch uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +59,31 @@ impl Default for LoaderOptions {
     }
 }
 
+/// What the loader does with a sample it cannot load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BadSamples {
+    /// The epoch ends with the sample's error (the default: nothing is dropped unnoticed).
+    #[default]
+    Stop,
+    /// The batch comes without the sample, which is listed in [`Batch::skipped`].
+    Skip,
+}
+
+/// A sample that could not be loaded: where it comes from and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SampleError {
+    pub origin: Origin,
+    pub ref_index: usize,
+    pub sentence_index: usize,
+    pub error: String,
+}
+
+impl std::fmt::Display for SampleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, sentence {}: {}", self.origin, self.sentence_index + 1, self.error)
+    }
+}
+
 /// What an evaluation needs of one item, at the photo's resolution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalTarget {
@@ -102,6 +100,9 @@ pub struct BatchItem {
     pub ref_index: usize,
     pub sentence_index: usize,
     pub segment_id: String,
+    /// The photo (the prepared image, or the manifest's `image` resolved).
+    pub image: PathBuf,
+    pub origin: Origin,
     pub sentence: String,
     /// The sentence was longer than `word_len` ids and cut.
     pub truncated: bool,
@@ -128,42 +129,75 @@ pub struct Batch {
     /// (B, 1, S, S) soft training targets (training mode only).
     pub targets: Option<Vec<f32>>,
     pub items: Vec<BatchItem>,
+    /// Planned samples left out because they could not be loaded ([`BadSamples::Skip`]
+    /// only; `len` counts the others). A batch may then be empty.
+    pub skipped: Vec<SampleError>,
 }
 
 /// Loads batches of one split for any number of epochs.
 pub struct Loader {
-    refs: Arc<Vec<LoaderRef>>,
+    source: Arc<RefSource>,
     mode: Mode,
     opts: LoaderOptions,
+    bad_samples: BadSamples,
     pool: Arc<rayon::ThreadPool>,
-    /// Refs whose mask had to be resized to the photo size.
-    resized: Arc<Mutex<BTreeSet<usize>>>,
+    /// Refs whose mask had to be resized to the photo size, with their segment ids.
+    resized: Arc<Mutex<BTreeMap<usize, String>>>,
 }
 
 /// (ref index, sentence index) of each sample, batch by batch.
 pub type Plan = Vec<Vec<(usize, usize)>>;
 
 impl Loader {
+    /// A loader over refs in memory (a prepared split: [`prepared_refs`]).
     pub fn new(refs: Vec<LoaderRef>, mode: Mode, opts: LoaderOptions) -> Result<Loader> {
+        Loader::open(RefSource::from(refs), mode, opts)
+    }
+
+    /// A loader over any source (a prepared split, a manifest, one side of a split by photo).
+    pub fn open(source: RefSource, mode: Mode, opts: LoaderOptions) -> Result<Loader> {
         if opts.batch_size == 0 || opts.input_size == 0 || opts.word_len < 2 {
             return Err(Error::input(format!(
                 "loader: batch size {}, input size {} and word length {} must be ≥ 1, 1 and 2",
                 opts.batch_size, opts.input_size, opts.word_len
             )));
         }
-        if let Some(r) = refs.iter().find(|r| r.sentences.is_empty()) {
-            return Err(Error::input(format!("loader: ref {} has no sentences", r.segment_id)));
+        if let Some(r) = (0..source.len()).find(|&r| source.sentence_count(r) == 0) {
+            return Err(Error::input(format!("loader: {} has no sentences", source.origin(r))));
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.workers.max(1))
             .thread_name(|i| format!("detris-loader-{i}"))
             .build()
             .map_err(|e| Error::input(format!("loader: cannot start {} worker threads: {e}", opts.workers)))?;
-        Ok(Loader { refs: Arc::new(refs), mode, opts, pool: Arc::new(pool), resized: Arc::default() })
+        Ok(Loader {
+            source: Arc::new(source),
+            mode,
+            opts,
+            bad_samples: BadSamples::Stop,
+            pool: Arc::new(pool),
+            resized: Arc::default(),
+        })
     }
 
-    pub fn refs(&self) -> &[LoaderRef] {
-        &self.refs
+    /// What to do with samples that cannot be loaded (default [`BadSamples::Stop`]).
+    pub fn with_bad_samples(mut self, policy: BadSamples) -> Loader {
+        self.bad_samples = policy;
+        self
+    }
+
+    /// The refs this loader draws from.
+    pub fn source(&self) -> &RefSource {
+        &self.source
+    }
+
+    /// Number of refs.
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
     }
 
     pub fn mode(&self) -> Mode {
@@ -179,21 +213,18 @@ impl Loader {
                 key[..8].copy_from_slice(&self.opts.seed.to_le_bytes());
                 key[8..16].copy_from_slice(&epoch.to_le_bytes());
                 let mut rng = ChaCha8Rng::from_seed(key);
-                let mut order: Vec<usize> = (0..self.refs.len()).collect();
+                let mut order: Vec<usize> = (0..self.source.len()).collect();
                 order.shuffle(&mut rng);
                 let samples: Vec<(usize, usize)> =
-                    order.into_iter().map(|r| (r, rng.gen_range(0..self.refs[r].sentences.len()))).collect();
+                    order.into_iter().map(|r| (r, rng.gen_range(0..self.source.sentence_count(r)))).collect();
                 samples.chunks_exact(b).map(<[_]>::to_vec).collect()
             }
             Mode::Val => {
-                (0..self.refs.len()).map(|r| (r, 0)).collect::<Vec<_>>().chunks(b).map(<[_]>::to_vec).collect()
+                (0..self.source.len()).map(|r| (r, 0)).collect::<Vec<_>>().chunks(b).map(<[_]>::to_vec).collect()
             }
             Mode::Test => {
-                let all: Vec<(usize, usize)> = self
-                    .refs
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(r, x)| (0..x.sentences.len()).map(move |s| (r, s)))
+                let all: Vec<(usize, usize)> = (0..self.source.len())
+                    .flat_map(|r| (0..self.source.sentence_count(r)).map(move |s| (r, s)))
                     .collect();
                 all.chunks(b).map(<[_]>::to_vec).collect()
             }
@@ -205,15 +236,29 @@ impl Loader {
         self.run_plan(self.plan(epoch))
     }
 
+    /// The batches of epoch `epoch` from batch `first_batch` on (a resumed epoch): the
+    /// batches before it are neither loaded nor decoded.
+    pub fn epoch_from(&self, epoch: u64, first_batch: usize) -> Batches {
+        self.run_plan_from(self.plan(epoch), first_batch)
+    }
+
+    /// [`Self::run_plan`] from batch `first_batch` of `plan` on; the earlier batches are
+    /// not loaded.
+    pub fn run_plan_from(&self, mut plan: Plan, first_batch: usize) -> Batches {
+        plan.drain(..first_batch.min(plan.len()));
+        self.run_plan(plan)
+    }
+
     /// The batches of any plan (e.g. one rank's share of an epoch), loaded
     /// in the background.
     pub fn run_plan(&self, plan: Plan) -> Batches {
         let total = plan.len();
         let (sender, receiver) = sync_channel(self.opts.prefetch.max(1));
         let job = Job {
-            refs: Arc::clone(&self.refs),
+            source: Arc::clone(&self.source),
             mode: self.mode,
             opts: self.opts.clone(),
+            bad_samples: self.bad_samples,
             resized: Arc::clone(&self.resized),
         };
         let pool = Arc::clone(&self.pool);
@@ -222,7 +267,8 @@ impl Loader {
             // Load `window` batches at a time, all their samples in parallel.
             for batches in plan.chunks(window) {
                 let samples: Vec<(usize, usize)> = batches.iter().flatten().copied().collect();
-                let loaded: Vec<Result<Sample>> = pool.install(|| samples.par_iter().map(|&s| job.load(s)).collect());
+                let loaded: Vec<std::result::Result<Sample, SampleError>> =
+                    pool.install(|| samples.par_iter().map(|&s| job.load(s)).collect());
                 let mut loaded = loaded.into_iter();
                 for batch in batches {
                     let result = job.assemble(loaded.by_ref().take(batch.len()).collect());
@@ -240,7 +286,7 @@ impl Loader {
     /// (it was resized, nearest, to the photo size), among those loaded so far.
     pub fn resized_masks(&self) -> Vec<String> {
         let resized = self.resized.lock().unwrap_or_else(|e| e.into_inner());
-        resized.iter().map(|&r| self.refs[r].segment_id.clone()).collect()
+        resized.values().cloned().collect()
     }
 }
 
@@ -280,10 +326,11 @@ impl Drop for Batches {
 
 /// What the producer thread needs.
 struct Job {
-    refs: Arc<Vec<LoaderRef>>,
+    source: Arc<RefSource>,
     mode: Mode,
     opts: LoaderOptions,
-    resized: Arc<Mutex<BTreeSet<usize>>>,
+    bad_samples: BadSamples,
+    resized: Arc<Mutex<BTreeMap<usize, String>>>,
 }
 
 /// One loaded sample, before batching.
@@ -295,25 +342,37 @@ struct Sample {
 }
 
 impl Job {
-    fn load(&self, (ref_index, sentence_index): (usize, usize)) -> Result<Sample> {
-        let r = &self.refs[ref_index];
-        let sentence = &r.sentences[sentence_index];
+    fn load(&self, (ref_index, sentence_index): (usize, usize)) -> std::result::Result<Sample, SampleError> {
+        self.load_ref(ref_index, sentence_index).map_err(|e| SampleError {
+            origin: self.source.origin(ref_index),
+            ref_index,
+            sentence_index,
+            error: e.to_string(),
+        })
+    }
+
+    fn load_ref(&self, ref_index: usize, sentence_index: usize) -> Result<Sample> {
+        let r = self.source.get(ref_index)?;
+        let sentence = r
+            .sentences
+            .get(sentence_index)
+            .ok_or_else(|| Error::input(format!("has {} sentences, not {}", r.sentences.len(), sentence_index + 1)))?;
         let photo = load_rgb(&r.image)?;
         let (width, height) = (photo.width() as usize, photo.height() as usize);
         let (image, letterbox) = preprocess(&photo, self.opts.input_size);
-        let (grey, mw, mh) = read_mask_png(&r.mask)?;
-        let mask_resized = (mw, mh) != (width, height);
+        let mask = r.mask.read(width, height)?;
+        let mask_resized = (mask.width, mask.height) != (width, height);
         let grey = if mask_resized {
-            self.resized.lock().unwrap_or_else(|e| e.into_inner()).insert(ref_index);
-            resize_nearest(&grey, mw, mh, width, height)
+            self.resized.lock().unwrap_or_else(|e| e.into_inner()).insert(ref_index, r.segment_id.clone());
+            resize_nearest(&mask.grey, mask.width, mask.height, width, height)
         } else {
-            grey
+            mask.grey
         };
-        let tokens = ClipTokenizer::global()
-            .tokenize(sentence, self.opts.word_len)
-            .map_err(|e| Error::input(format!("ref {}, sentence {sentence_index}: {e}", r.segment_id)))?;
+        let tokens = ClipTokenizer::global().tokenize(sentence, self.opts.word_len)?;
         let (target, eval) = match self.mode {
-            Mode::Train => (Some(warp_mask(&grey, width, height, &letterbox).map_err(|e| e.in_file(&r.mask))?), None),
+            Mode::Train => {
+                (Some(warp_mask(&grey, width, height, &letterbox).map_err(|e| e.in_file(r.mask.describe()))?), None)
+            }
             Mode::Val | Mode::Test => {
                 (None, Some(EvalTarget { mask: grey.iter().map(|&v| u8::from(v != 0)).collect(), mask_resized }))
             }
@@ -322,6 +381,8 @@ impl Job {
             ref_index,
             sentence_index,
             segment_id: r.segment_id.clone(),
+            image: r.image.clone(),
+            origin: r.origin.clone(),
             sentence: sentence.clone(),
             truncated: tokens.truncated,
             width,
@@ -332,7 +393,7 @@ impl Job {
         Ok(Sample { image, ids: tokens.ids, target, item })
     }
 
-    fn assemble(&self, samples: Vec<Result<Sample>>) -> Result<Batch> {
+    fn assemble(&self, samples: Vec<std::result::Result<Sample, SampleError>>) -> Result<Batch> {
         let (s, l) = (self.opts.input_size, self.opts.word_len);
         let mut batch = Batch {
             len: samples.len(),
@@ -343,9 +404,17 @@ impl Job {
             pad_mask: Vec::with_capacity(samples.len() * l),
             targets: (self.mode == Mode::Train).then(|| Vec::with_capacity(samples.len() * s * s)),
             items: Vec::with_capacity(samples.len()),
+            skipped: Vec::new(),
         };
         for sample in samples {
-            let sample = sample?;
+            let sample = match (sample, self.bad_samples) {
+                (Ok(sample), _) => sample,
+                (Err(bad), BadSamples::Skip) => {
+                    batch.skipped.push(bad);
+                    continue;
+                }
+                (Err(bad), BadSamples::Stop) => return Err(Error::input(bad.to_string())),
+            };
             batch.images.extend(sample.image);
             batch.pad_mask.extend(pad_mask(&sample.ids));
             batch.word_ids.extend(sample.ids);
@@ -354,6 +423,7 @@ impl Job {
             }
             batch.items.push(sample.item);
         }
+        batch.len = batch.items.len();
         Ok(batch)
     }
 }

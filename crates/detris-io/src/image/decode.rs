@@ -23,6 +23,29 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<Rgb> {
     Ok(to_rgb8_like_cv2(img))
 }
 
+/// A photo's size as [`load_rgb`] would give it (EXIF orientation applied), read from its
+/// header without decoding the pixels; the same format and size checks. Errors name the file.
+pub fn photo_size(path: impl AsRef<Path>) -> Result<(u32, u32)> {
+    let path = path.as_ref();
+    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let bad = |what: String| Error::invalid(path, what);
+    match reader.format() {
+        Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) => {}
+        Some(other) => return Err(bad(format!("unsupported image format {other:?} (JPEG, PNG or WebP)"))),
+        None => return Err(bad("not a JPEG, PNG or WebP image".into())),
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| bad(format!("corrupt image header: {e}")))?;
+    let (w, h) = decoder.dimensions();
+    check_dimensions(w, h).map_err(bad)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    use image::metadata::Orientation::*;
+    Ok(match orientation {
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
+        _ => (w, h),
+    })
+}
+
 /// Decodes an in-memory JPEG, PNG or WebP to 8-bit RGB (see the module doc for the cv2 rules).
 /// `name` is used in error messages (a file name, an upload's name, ...).
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb> {

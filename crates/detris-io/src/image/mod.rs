@@ -19,7 +19,7 @@ mod preprocess;
 mod upsample;
 mod warp;
 
-pub use decode::{decode_rgb, load_rgb, MAX_PIXELS, MAX_SIDE};
+pub use decode::{decode_rgb, load_rgb, photo_size, MAX_PIXELS, MAX_SIDE};
 pub use letterbox::Letterbox;
 pub use overlay::overlay;
 pub use png::{mask_png, read_mask_png, rgb_png, write_png_atomic};

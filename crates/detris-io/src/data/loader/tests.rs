@@ -4,6 +4,8 @@
 use super::*;
 use crate::data::synth::{generate, ImageSize, SynthOptions};
 use crate::tokenizer::ClipTokenizer;
+use std::collections::BTreeSet;
+use std::path::Path;
 
 const S: usize = 28;
 const L: usize = 12;
@@ -39,13 +41,13 @@ fn batches_do_not_depend_on_the_worker_count() {
     let again = Loader::new(refs, Mode::Train, options(4, 2)).unwrap();
     for epoch in [0, 1] {
         let batches = all_batches(&one, epoch);
-        assert_eq!(batches.len(), one.refs().len() / 4);
+        assert_eq!(batches.len(), one.len() / 4);
         assert_eq!(batches, all_batches(&three, epoch));
         assert_eq!(batches, all_batches(&again, epoch));
     }
     assert_ne!(one.plan(0), one.plan(1), "each epoch reshuffles");
     let other_seed =
-        Loader::new(one.refs().to_vec(), Mode::Train, LoaderOptions { seed: 10, ..options(4, 1) }).unwrap();
+        Loader::open(one.source().clone(), Mode::Train, LoaderOptions { seed: 10, ..options(4, 1) }).unwrap();
     assert_ne!(one.plan(0), other_seed.plan(0));
 }
 
@@ -63,7 +65,7 @@ fn batches_hold_what_the_plan_says() {
         assert!(targets.iter().all(|&t| (0.0..=1.0).contains(&t)));
         for (k, (item, &(r, s))) in batch.items.iter().zip(planned).enumerate() {
             assert_eq!((item.ref_index, item.sentence_index), (r, s));
-            assert_eq!(item.sentence, loader.refs()[r].sentences[s]);
+            assert_eq!(item.sentence, loader.source().get(r).unwrap().sentences[s]);
             assert!(item.eval.is_none());
             let tokens = ClipTokenizer::global().tokenize(&item.sentence, L).unwrap();
             assert_eq!(batch.word_ids[k * L..(k + 1) * L], tokens.ids[..]);
@@ -193,7 +195,13 @@ fn bad_prepared_files_and_options_are_refused() {
     )
     .unwrap();
     assert!(prepared_refs(dir.path(), "x", "train").is_err());
-    let no_sentences = LoaderRef { image: "a".into(), mask: "b".into(), segment_id: "1".into(), sentences: vec![] };
+    let no_sentences = LoaderRef {
+        image: "a".into(),
+        mask: MaskSource::PreparedPng("b".into()),
+        segment_id: "1".into(),
+        sentences: vec![],
+        origin: Origin::Memory { index: 0 },
+    };
     assert!(Loader::new(vec![no_sentences], Mode::Train, options(1, 1)).is_err());
     assert!(Loader::new(vec![], Mode::Train, options(0, 1)).is_err());
 }

@@ -351,8 +351,12 @@ fn refclef_uses_its_picture_folder_and_skips_the_excluded_pictures() {
     assert_eq!(report.masks_written, total);
     assert_eq!(total + excluded.len(), refer.refs.len());
     // The prepared set finds its pictures under images/saiapr_tc-12.
+    use crate::data::source::MaskSource;
     let refs = crate::data::loader::prepared_refs(&out.0, "refclef", "train").unwrap();
-    assert!(!refs.is_empty() && refs.iter().all(|r| r.image.is_file() && r.mask.is_file()));
+    assert!(
+        !refs.is_empty()
+            && refs.iter().all(|r| r.image.is_file() && matches!(&r.mask, MaskSource::PreparedPng(m) if m.is_file()))
+    );
     assert!(refs[0].image.to_string_lossy().contains("saiapr_tc-12"));
 }
 
@@ -414,6 +418,7 @@ fn the_mixed_set_concatenates_the_three_sets_with_prefixed_ids() {
     assert_eq!(filtered.splits[0].1 + removed, report.splits[0].1);
     assert_eq!(filtered.splits[1], report.splits[1], "val is never filtered");
     // The loader reads the mixed set: string ids name the copied masks.
+    use crate::data::source::MaskSource;
     let refs = crate::data::loader::prepared_refs(&out.0, "refcoco_mixed", "val").unwrap();
-    assert!(refs.iter().all(|r| r.mask.is_file() && r.image.is_file()));
+    assert!(refs.iter().all(|r| matches!(&r.mask, MaskSource::PreparedPng(m) if m.is_file()) && r.image.is_file()));
 }
