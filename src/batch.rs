@@ -267,18 +267,11 @@ fn write_sentence(
 /// The ground truth at the photo's size, true = foreground (any non-zero PNG value).
 fn ground_truth(g: &GroundTruth, photo: &Rgb) -> Result<Vec<bool>> {
     let (w, h) = (photo.width() as usize, photo.height() as usize);
-    let (mask, mw, mh) = match g {
-        GroundTruth::Png(path) => image::read_mask_png(path)?,
-        GroundTruth::Rle(rle) => (rle.decode(), rle.width(), rle.height()),
-    };
-    if (mw, mh) != (w, h) {
-        let what = match g {
-            GroundTruth::Png(p) => p.display().to_string(),
-            GroundTruth::Rle(_) => "mask_rle".to_string(),
-        };
-        bail!("{what}: the ground truth is {mw}×{mh} but the photo is {w}×{h}");
+    let m = g.read(w, h)?;
+    if (m.width, m.height) != (w, h) {
+        bail!("{}: the ground truth is {}×{} but the photo is {w}×{h}", g.describe(), m.width, m.height);
     }
-    Ok(mask.iter().map(|&v| v != 0).collect())
+    Ok(m.grey.iter().map(|&v| v != 0).collect())
 }
 
 /// Items whose lines are all in `results.jsonl` (id → line count). A torn tail (a crash in

@@ -126,7 +126,7 @@ impl TrainData {
         let local = batch / g.world;
         let loader = spec.source.loader(&spec.train_read(local, seed, workers), cfg)?;
         let sampler = DistributedSampler {
-            len: loader.refs().len(),
+            len: loader.len(),
             world: g.world,
             rank: g.rank,
             shuffle: true,
@@ -137,7 +137,7 @@ impl TrainData {
     }
 
     pub fn len(&self) -> usize {
-        self.loader.refs().len()
+        self.loader.len()
     }
 
     pub fn batches_per_epoch(&self) -> usize {
@@ -150,7 +150,7 @@ impl TrainData {
     fn plan(&self, epoch: usize) -> detris_io::data::loader::Plan {
         match &self.shard {
             Some((sampler, local)) => {
-                let sentences: Vec<usize> = self.loader.refs().iter().map(|r| r.sentences.len()).collect();
+                let sentences = self.loader.source().sentence_counts();
                 crate::distributed::sampler::train_plan(sampler, &sentences, *local, epoch as u64)
             }
             None => self.loader.plan(epoch as u64),
@@ -159,9 +159,9 @@ impl TrainData {
 
     /// The batches of `epoch` from batch `skip` on (a resumed epoch). The
     /// order is a pure function of (seed, epoch), so skipping by counting
-    /// reproduces the uninterrupted run.
+    /// reproduces the uninterrupted run; the skipped batches are not decoded.
     pub fn epoch(&self, epoch: usize, skip: usize) -> impl Iterator<Item = Result<Batch>> + '_ {
-        self.loader.run_plan(self.plan(epoch)).skip(skip).map(|b| {
+        self.loader.run_plan_from(self.plan(epoch), skip).map(|b| {
             let b = b?;
             let (img, ids) = batch_tensors(&b);
             let s = b.input_size as i64;

@@ -171,7 +171,7 @@ pub fn evaluate(model: &Detris, request: &EvalRequest) -> Result<EvalReport> {
             let position = positions.next().context("the loader gave more sentences than its plan")?;
             let c = SentenceCounts { position, intersection, union };
             counts.push(c);
-            sink.push(item, &loader.refs()[item.ref_index].image, &prob.mask, &gt, c)?;
+            sink.push(item, &item.image, &prob.mask, &gt, c)?;
         }
     }
     let records = if outputs.records { gather_records(&counts, sink.records)? } else { Vec::new() };

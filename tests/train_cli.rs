@@ -9,7 +9,7 @@ use std::process::Command;
 use common::{
     detris_checked, detris_unchecked, fresh_temp_dir, max_abs_diff, sorted_safetensors, synth_data, synth_train_args,
 };
-use detris::data::{DataSource, DataSpec};
+use detris::data::DataSource;
 use detris::eval::EvalRequest;
 use detris::train::recipe::Schedule;
 use detris::weights::{self, ConfigChoice, WeightFiles};
