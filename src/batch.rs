@@ -39,6 +39,8 @@ pub struct BatchOptions {
     pub strict: bool,
     /// Also write each sentence's probability heat map (`NN-<sentence>.prob.png`).
     pub probabilities: bool,
+    /// Draw a progress bar on the terminal (the CLI turns it off for tests and logs).
+    pub progress: bool,
 }
 
 /// One `results.jsonl` line: one sentence of one manifest item.
@@ -135,7 +137,7 @@ pub fn run(
 
     let todo: Vec<&ManifestItem> = manifest.items.iter().filter(|i| !finished.contains_key(&i.id)).collect();
     let skipped = manifest.items.len() - todo.len();
-    let bar = progress_bar(todo.len() as u64);
+    let bar = progress_bar(todo.len() as u64, opts.progress);
     let mut done = 0;
     for item in todo {
         if stop(done) {
@@ -191,14 +193,13 @@ pub fn run(
     Ok(summary)
 }
 
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
+fn progress_bar(len: u64, visible: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     let style = indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} items, {per_sec}, eta {eta} {msg}")
         .expect("a valid template")
         .progress_chars("=> ");
     bar.set_style(style);
-    // As training's bar: off for the tests and logs that ask.
-    if std::env::var_os("DETRIS_NO_PROGRESS").is_some() {
+    if !visible {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar

@@ -140,6 +140,7 @@ fn run_manifest(seg: &Segmenter, manifest: &detris_io::manifest::Manifest, a: &S
         overwrite: a.batch.overwrite,
         strict: a.batch.strict,
         probabilities: a.probabilities,
+        progress: std::env::var_os("DETRIS_NO_PROGRESS").is_none(),
     };
     let abort_after = a.batch.abort_after;
     let stop = |done: usize| {

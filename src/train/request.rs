@@ -40,7 +40,7 @@ pub struct TrainRequest {
     #[arg(long)]
     pub random_init: bool,
     // -- The official project's files: its YAML configs, --opts, .pth checkpoints.
-    /// An official DETRIS YAML config (config/<dataset>/DETRIS_*.yaml), read
+    /// An official DETRIS YAML config (`config/<dataset>/DETRIS_*.yaml`), read
     /// verbatim: its keys set the defaults below, the model and the recipe;
     /// options given here win. Without it the defaults are the official
     /// DETRIS-B RefCOCO recipe.
