@@ -117,7 +117,8 @@ pub struct TrainRequest {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Run folder: last.safetensors, best.safetensors, metrics.jsonl,
-    /// training.png [default: runs/train; YAML: output_folder/exp_name].
+    /// training.png, train.log; one run's own (locked while it writes)
+    /// [default: runs/train; YAML: output_folder/exp_name].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last.safetensors.
