@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use detris_io::data::loader::{self, Loader, LoaderOptions, Mode};
+use detris_io::data::loader::{self, BadSamples, Loader, LoaderOptions, Mode, SampleError};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -85,15 +85,26 @@ impl DataSpec {
 }
 
 /// A training batch on the device: img (B,3,S,S), ids (B,L), target (B,1,S,S).
+/// B is the planned batch less the samples that could not be read (`skipped`);
+/// it may be 0.
 pub struct Batch {
     pub img: Tensor,
     pub ids: Tensor,
     pub target: Tensor,
+    pub len: usize,
+    /// The planned samples left out, each naming its manifest line or prepared entry.
+    pub skipped: Vec<SampleError>,
 }
 
 impl Batch {
     pub fn to_device(&self, d: Device) -> Batch {
-        Batch { img: self.img.to_device(d), ids: self.ids.to_device(d), target: self.target.to_device(d) }
+        Batch {
+            img: self.img.to_device(d),
+            ids: self.ids.to_device(d),
+            target: self.target.to_device(d),
+            len: self.len,
+            skipped: self.skipped.clone(),
+        }
     }
 }
 
@@ -108,23 +119,25 @@ pub struct TrainData {
     /// Data-parallel runs: this rank's DistributedSampler and its share of
     /// the global batch.
     shard: Option<(DistributedSampler, usize)>,
+    /// This process's planned batch.
+    local: usize,
 }
 
 impl TrainData {
     /// `batch` is the global batch; in a data-parallel run each rank loads
-    /// batch / world of it.
+    /// batch / world of it. A sample that cannot be read is left out of its
+    /// batch and named in [`Batch::skipped`].
     pub fn open(spec: &DataSpec, cfg: &DetrisConfig, seed: u64, workers: usize, batch: usize) -> Result<TrainData> {
         let Some(g) = crate::distributed::world() else {
-            return Ok(TrainData {
-                loader: spec.source.loader(&spec.train_read(batch, seed, workers), cfg)?,
-                shard: None,
-            });
+            let loader = spec.source.loader(&spec.train_read(batch, seed, workers), cfg)?;
+            return Ok(TrainData { loader: loader.with_bad_samples(BadSamples::Skip), shard: None, local: batch });
         };
         if batch % g.world != 0 {
             anyhow::bail!("--batch-size {batch} (the global batch) does not divide over WORLD_SIZE={} ranks", g.world);
         }
         let local = batch / g.world;
-        let loader = spec.source.loader(&spec.train_read(local, seed, workers), cfg)?;
+        let loader =
+            spec.source.loader(&spec.train_read(local, seed, workers), cfg)?.with_bad_samples(BadSamples::Skip);
         let sampler = DistributedSampler {
             len: loader.len(),
             world: g.world,
@@ -133,7 +146,12 @@ impl TrainData {
             seed,
             drop_last: false,
         };
-        Ok(TrainData { loader, shard: Some((sampler, local)) })
+        Ok(TrainData { loader, shard: Some((sampler, local)), local })
+    }
+
+    /// The planned batch of this process (the global batch / ranks).
+    pub fn local_batch(&self) -> usize {
+        self.local
     }
 
     pub fn len(&self) -> usize {
@@ -167,7 +185,7 @@ impl TrainData {
             let s = b.input_size as i64;
             let targets = b.targets.as_ref().context("the training loader gave no targets")?;
             let target = Tensor::from_slice(targets).view([b.len as i64, 1, s, s]);
-            Ok(Batch { img, ids, target })
+            Ok(Batch { img, ids, target, len: b.len, skipped: b.skipped })
         })
     }
 }

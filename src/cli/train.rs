@@ -3,6 +3,7 @@ use clap::Args;
 use detris::train::initial;
 use detris::train::precision::MixedPrecision;
 use detris::train::request::{BadRequest, RunPlan, TrainRequest};
+use detris::train::run_folder::RunFolder;
 use detris::train::trainer::Trainer;
 use detris::weights::WeightFiles;
 
@@ -48,6 +49,16 @@ fn train(mut a: TrainArgs) -> Result<()> {
     let device = a.model.device.open().map_err(|e| super::usage(e.to_string()))?;
     let precision = a.request.precision;
     MixedPrecision::new(precision, device).map_err(|e| super::usage(e.to_string()))?;
+    // The folder is this run's before any loading: refused if another run is in it.
+    let main = detris::distributed::is_main();
+    let folder = RunFolder::claim(&plan.out, plan.claim(), main, &mut |n| eprintln!("{n}"))
+        .map_err(|e| super::usage(format!("--out: {e:#}")))?;
+    let train_log = folder.log();
+    // What the terminal shows, also in train.log.
+    let say = |line: &str| {
+        eprintln!("{line}");
+        train_log.iter().for_each(|t| t.line(line));
+    };
     let model = if a.request.random_init {
         let needs = || Err(super::usage("--random-init needs --config, --variant or --yaml"));
         let cfg = a.model.config_choice()?.resolve(needs)?;
@@ -64,13 +75,14 @@ fn train(mut a: TrainArgs) -> Result<()> {
     };
     let mut trainer = Trainer::new(model, plan.options(data, precision.resolve(device).precision), &plan.out)?;
     trainer.progress_bar = std::env::var_os("DETRIS_NO_PROGRESS").is_none();
+    trainer.train_log = train_log.clone();
     let last = trainer.last_path();
     let resume = match &plan.resume_from {
         Some(from) => Some((from.clone(), "--resume-from")),
         None if a.request.resume && last.exists() => Some((last, "--resume from")),
         None => {
             if a.request.resume {
-                eprintln!("--resume: no {} yet, starting from the beginning", last.display());
+                say(&format!("--resume: no {} yet, starting from the beginning", last.display()));
             }
             None
         }
@@ -79,21 +91,20 @@ fn train(mut a: TrainArgs) -> Result<()> {
         // With --resume every rank reads rank 0's checkpoint (one folder: shared by the ranks).
         trainer.resume_from(&from).with_context(|| format!("{flag} {}", from.display()))?;
         if detris::distributed::is_main() {
-            eprintln!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step);
+            say(&format!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step));
         }
     }
-    trainer.run(&mut |line| eprintln!("{line}"))?;
+    let run = trainer.run(&mut |line| eprintln!("{line}"));
+    if let Err(e) = &run {
+        train_log.iter().for_each(|t| t.line(&format!("Error: {e:#}")));
+    }
+    run?;
     if !detris::distributed::is_main() {
         return Ok(()); // rank 0 reports
     }
     if let Some(best) = trainer.state.best_miou {
-        eprintln!(
-            "best {} mIoU {:.4} at epoch {} → {}",
-            trainer.opts.data.val_split,
-            best,
-            trainer.state.best_epoch.unwrap_or(0),
-            trainer.best_path().display()
-        );
+        let (split, epoch) = (&trainer.opts.data.val_split, trainer.state.best_epoch.unwrap_or(0));
+        say(&format!("best {split} mIoU {best:.4} at epoch {epoch} → {}", trainer.best_path().display()));
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use detris_io::torch_file::FileKind;
 use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
+use super::bad_samples::EpochSkips;
 use super::history::EpochRecord;
 use super::precision::GradScaler;
 use super::recipe::{SaveFormat, TrainOptions};
@@ -38,6 +39,9 @@ pub struct TrainState {
     /// The loss scaler's state (f16 training), so that a resumed run scales as the uninterrupted one.
     #[serde(default)]
     pub grad_scaler: Option<GradScaler>,
+    /// The samples skipped so far in the epoch in progress.
+    #[serde(default)]
+    pub skipped: EpochSkips,
 }
 
 /// The files of a run folder.

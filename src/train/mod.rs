@@ -9,11 +9,14 @@
 //! [`checkpoint`]s in detris's or the official format.
 
 pub mod adam;
+pub mod bad_samples;
 pub mod checkpoint;
 pub mod history;
 pub mod initial;
 pub mod precision;
 pub mod recipe;
 pub mod request;
+pub mod run_folder;
+pub mod step;
 pub mod trainer;
 pub mod yaml_config;

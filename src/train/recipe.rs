@@ -136,12 +136,31 @@ pub struct TrainOptions {
     /// The official optimizer, validation and saving options.
     #[serde(default)]
     pub recipe: Recipe,
+    /// Batches whose gradients one optimizer step sums (`--accumulate`): a step
+    /// sees `batch_size × accumulate` samples.
+    #[serde(default = "one")]
+    pub accumulate: usize,
+    /// Unreadable samples a run may skip before it stops.
+    #[serde(default = "default_max_bad_samples")]
+    pub max_bad_samples: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `--max-bad-samples`' default.
+pub const DEFAULT_MAX_BAD_SAMPLES: usize = 10;
+
+fn default_max_bad_samples() -> usize {
+    DEFAULT_MAX_BAD_SAMPLES
 }
 
 impl TrainOptions {
     /// The options a resumed run must share with the checkpoint's: all but
     /// the stopping point, the lr schedule ahead (a function of the epoch
-    /// alone) and how often and in which format to save and log.
+    /// alone), how often and in which format to save and log, and how many
+    /// unreadable samples to tolerate.
     pub fn resumable_as(&self, now: &TrainOptions) -> TrainOptions {
         let mut then = self.clone();
         then.max_steps = now.max_steps;
@@ -152,6 +171,7 @@ impl TrainOptions {
         then.recipe.print_freq = now.recipe.print_freq;
         then.recipe.batch_size_val = now.recipe.batch_size_val;
         then.recipe.sync_bn = now.recipe.sync_bn;
+        then.max_bad_samples = now.max_bad_samples;
         then
     }
 }

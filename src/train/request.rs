@@ -3,7 +3,7 @@
 //! over the official recipe's defaults ([`Schedule`], [`Recipe`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde_json::json;
@@ -11,6 +11,7 @@ use serde_json::json;
 use super::recipe::{
     Recipe, SaveFormat, Schedule, TrainOptions, DEFAULT_DATASET, DEFAULT_TRAIN_SPLIT, DEFAULT_VAL_SPLIT,
 };
+use super::run_folder::Claim;
 use super::yaml_config::YamlConfig;
 use crate::data::{DataSource, DataSpec};
 use crate::device::Precision;
@@ -116,12 +117,28 @@ pub struct TrainRequest {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Run folder: last.safetensors, best.safetensors, metrics.jsonl,
-    /// training.png [default: runs/train; YAML: output_folder/exp_name].
+    /// training.png, train.log; one run's own (locked while it writes)
+    /// [default: runs/train; YAML: output_folder/exp_name].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last.safetensors.
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run in --out: remove its checkpoints, metrics.jsonl,
+    /// training.png and train.log first (other files stay). Without it (or
+    /// --resume) a folder that holds a run is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Sum the gradients of N batches of --batch-size before each optimizer
+    /// step: a step sees batch-size × N samples (the official global batch of
+    /// 32 on one device: --batch-size 8 --accumulate 4). --max-steps,
+    /// --save-every and print_freq count optimizer steps.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub accumulate: u64,
+    /// Skip at most this many samples that cannot be read (each named in the
+    /// log and counted in metrics.jsonl); one more stops the run.
+    #[arg(long, default_value_t = super::recipe::DEFAULT_MAX_BAD_SAMPLES)]
+    pub max_bad_samples: usize,
     /// Data-parallel runs: SyncBatchNorm (BatchNorm statistics over the
     /// global batch, as the official `sync_bn: True`) [YAML: sync_bn].
     #[arg(long)]
@@ -271,6 +288,23 @@ impl RunPlan {
         Ok(DataSpec { source: DataSource::new(root, dataset), train_split, val_split })
     }
 
+    /// What the run may do with its folder: continue the run in it (`--resume`,
+    /// or `--resume-from` a file in it), replace it (`--overwrite`), or neither.
+    pub fn claim(&self) -> Claim {
+        let inside = |f: &PathBuf| {
+            let dir = f.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+            let canon = |p: &Path| std::fs::canonicalize(p).ok();
+            dir.and_then(canon).is_some_and(|d| Some(d) == canon(&self.out))
+        };
+        if self.request.overwrite {
+            Claim::Overwrite
+        } else if self.request.resume || self.resume_from.as_ref().is_some_and(inside) {
+            Claim::Resume
+        } else {
+            Claim::Fresh
+        }
+    }
+
     /// The options the trainer runs with, `precision` resolved for the device.
     pub fn options(&self, data: DataSpec, precision: Precision) -> TrainOptions {
         let r = &self.request;
@@ -284,6 +318,8 @@ impl RunPlan {
             val_limit: r.val_limit,
             workers: self.workers,
             recipe: self.recipe.clone(),
+            accumulate: r.accumulate as usize,
+            max_bad_samples: r.max_bad_samples,
         }
     }
 }

@@ -11,17 +11,21 @@ use anyhow::{bail, Context, Result};
 use detris_io::data::loader::Mode;
 use detris_io::metrics::Summary;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::adam::Adam;
+use super::bad_samples;
 use super::checkpoint::{self, Resumed, Snapshot, TrainState, Which};
-use super::history::{self, prec_by_label, EpochRecord};
-use super::precision::{GradScaler, MixedPrecision};
+use super::history::{self, prec_by_label, EpochRecord, IntervalRecord, MetricsLine};
+use super::precision::MixedPrecision;
 use super::recipe::TrainOptions;
-use crate::data::TrainData;
+use super::run_folder::TrainLog;
+use super::step::{backward_micro, finish_step, BatchOutcome};
+pub use super::step::{step_scaled, train_step};
+use crate::data::{Batch, TrainData};
 use crate::distributed::is_main;
 use crate::distributed::sync_bn::SyncBn;
-use crate::model::{Ctx, Detris, Levers};
+use crate::model::{Detris, Levers};
 
 pub struct Trainer {
     pub model: Detris,
@@ -31,18 +35,47 @@ pub struct Trainer {
     pub out: PathBuf,
     /// Draw a progress bar (rank 0 only); without it, log lines every `print_freq` steps.
     pub progress_bar: bool,
+    /// The run folder's `train.log`: every log line (and, under a progress bar,
+    /// the `print_freq` lines the bar stands for).
+    pub train_log: Option<TrainLog>,
 }
 
-/// One epoch's training, summed as it goes.
+/// One epoch's training, summed as it goes (the official meters).
 struct EpochTotals {
     loss_sum: f64,
+    iou_sum: f64,
+    pr50_sum: f64,
     steps: usize,
     started: Instant,
 }
 
 impl EpochTotals {
+    fn new() -> EpochTotals {
+        EpochTotals { loss_sum: 0.0, iou_sum: 0.0, pr50_sum: 0.0, steps: 0, started: Instant::now() }
+    }
+
     fn mean_loss(&self) -> Option<f64> {
         (self.steps > 0).then(|| self.loss_sum / self.steps as f64)
+    }
+}
+
+/// The micro-batches of one optimizer step so far: each one's outcome and size.
+#[derive(Default)]
+struct StepParts(Vec<(BatchOutcome, usize)>);
+
+impl StepParts {
+    fn samples(&self) -> usize {
+        self.0.iter().map(|p| p.1).sum()
+    }
+
+    /// The step's outcome: its micro-batches' weighted by their sizes (one micro-batch's as it is).
+    fn outcome(&self) -> BatchOutcome {
+        if let [(one, _)] = self.0[..] {
+            return one;
+        }
+        let n = self.samples() as f64;
+        let mean = |f: fn(&BatchOutcome) -> f64| self.0.iter().map(|(o, k)| f(o) * *k as f64).sum::<f64>() / n;
+        BatchOutcome { loss: mean(|o| o.loss), iou: mean(|o| o.iou), pr50: mean(|o| o.pr50) }
     }
 }
 
@@ -68,7 +101,7 @@ impl Trainer {
         // The official optimizer (two groups, weight decay, clipping) and first epoch.
         let opt = Adam::official(trainable, &opts.recipe.adam_options(opts.schedule.base_lr));
         let state = TrainState { epoch: opts.recipe.start_epoch, ..Default::default() };
-        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true })
+        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true, train_log: None })
     }
 
     pub fn last_path(&self) -> PathBuf {
@@ -120,27 +153,39 @@ impl Trainer {
 
     /// Runs until `epochs` (or `max_steps`) is reached.
     pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let train_log = self.train_log.clone();
         let mut quiet = |_: &str| {};
-        let log: &mut dyn FnMut(&str) = if is_main() { log } else { &mut quiet };
+        let mut teed = |line: &str| {
+            log(line);
+            train_log.iter().for_each(|t| t.line(line));
+        };
+        let log: &mut dyn FnMut(&str) = if is_main() { &mut teed } else { &mut quiet };
         self.start_data_parallel()?;
         let (o, s) = (&self.opts, &self.opts.schedule);
         let train = TrainData::open(&o.data, &self.model.config, s.seed, o.workers, s.batch_size)?;
-        let per_epoch = train.batches_per_epoch();
-        if per_epoch == 0 {
-            bail!("the training split has fewer refs ({}) than one batch ({})", train.len(), s.batch_size);
+        let n = o.accumulate.max(1);
+        // A step's batches all come from one epoch: the last ones that fill no step are left out.
+        let steps_per_epoch = train.batches_per_epoch() / n;
+        if steps_per_epoch == 0 {
+            let need = if n > 1 { format!("one step ({n} batches of {})", s.batch_size) } else { "one batch".into() };
+            bail!("the training split has fewer refs ({}) than {need} ({})", train.len(), s.batch_size * n);
+        }
+        if self.state.batch_in_epoch % n != 0 {
+            bail!("the checkpoint stopped inside an accumulation of {n} batches: it cannot resume exactly");
         }
         let mut precision = self.precision()?;
+        let per_epoch = match n {
+            1 => format!("{steps_per_epoch} batches of {} per epoch", s.batch_size),
+            _ => format!("{steps_per_epoch} steps of {n} batches of {} per epoch", s.batch_size),
+        };
+        let (name, data, val_split) = (&self.model.config.name, o.data.describe(), &o.data.val_split);
         log(&format!(
-            "training {} on {} ({} refs, {per_epoch} batches of {} per epoch), best checkpoint chosen on `{}`",
-            self.model.config.name,
-            o.data.describe(),
-            train.len(),
-            s.batch_size,
-            o.data.val_split
+            "training {name} on {data} ({} refs, {per_epoch}), best checkpoint chosen on `{val_split}`",
+            train.len()
         ));
         while self.state.epoch < self.opts.schedule.epochs {
-            let totals = self.train_epoch(&train, per_epoch, &mut precision, log)?;
-            if self.state.batch_in_epoch < per_epoch {
+            let totals = self.train_epoch(&train, steps_per_epoch, &mut precision, log)?;
+            if self.state.batch_in_epoch < steps_per_epoch * n {
                 // Stopped by max_steps inside the epoch: keep the position.
                 self.save(Which::MID_EPOCH, None)?;
                 let (step, epoch, batch) = (self.state.global_step, self.state.epoch + 1, self.state.batch_in_epoch);
@@ -170,65 +215,165 @@ impl Trainer {
     }
 
     /// The batches of the current epoch from where the run stands, until the
-    /// epoch ends or `max_steps` is reached.
+    /// epoch's last full step or `max_steps`.
     fn train_epoch(
         &mut self,
         train: &TrainData,
-        per_epoch: usize,
+        steps_per_epoch: usize,
         precision: &mut MixedPrecision,
         log: &mut dyn FnMut(&str),
     ) -> Result<EpochTotals> {
-        let epoch = self.state.epoch;
+        let (epoch, n) = (self.state.epoch, self.opts.accumulate.max(1));
         self.opt.lr = self.opts.schedule.lr_at(epoch);
-        let bar = progress_bar(per_epoch as u64, epoch, self.opts.schedule.epochs, self.progress_bar && is_main());
-        bar.set_position(self.state.batch_in_epoch as u64);
-        let mut totals = EpochTotals { loss_sum: 0.0, steps: 0, started: Instant::now() };
+        let bar =
+            progress_bar(steps_per_epoch as u64, epoch, self.opts.schedule.epochs, self.progress_bar && is_main());
+        bar.set_position((self.state.batch_in_epoch / n) as u64);
+        let mut totals = EpochTotals::new();
         let (device, seed) = (self.model.device(), self.opts.schedule.seed);
         let sync_bn = SyncBn::for_run(self.opts.recipe.sync_bn);
-        for batch in train.epoch(epoch, self.state.batch_in_epoch) {
-            if self.steps_done() {
-                break;
+        // Each micro-batch's loss weighs its share of the step's planned samples.
+        let planned = (train.local_batch() * n) as f64;
+        let left = (steps_per_epoch * n).saturating_sub(self.state.batch_in_epoch);
+        let mut parts = StepParts::default();
+        for batch in train.epoch(epoch, self.state.batch_in_epoch).take(left) {
+            if self.state.batch_in_epoch % n == 0 {
+                if self.steps_done() {
+                    break;
+                }
+                // Dropout randomness from (seed, step): a resumed run draws the same.
+                tch::manual_seed((seed as i64) ^ (self.state.global_step as i64).wrapping_mul(0x9E37_79B9));
+                self.opt.zero_grad();
+                parts = StepParts::default();
             }
             let batch = batch?;
-            // Dropout randomness from (seed, step): a resumed run draws the same.
-            tch::manual_seed((seed as i64) ^ (self.state.global_step as i64).wrapping_mul(0x9E37_79B9));
-            let batch = batch.to_device(device);
-            let (img, ids, target) = (&batch.img, &batch.ids, &batch.target);
-            let loss = train_step(&self.model, &mut self.opt, img, ids, target, Levers::FAST, sync_bn.as_ref(), precision)?;
-            // Data-parallel: the mean over ranks, so that all stop together.
-            let loss = crate::distributed::mean_over_ranks(loss)?;
-            self.state.grad_scaler = Some(precision.scaler.clone());
-            if !loss.is_finite() {
-                bail!(
-                    "the loss became {loss} at epoch {} step {}: stopped; the last good checkpoint is {}",
-                    epoch + 1,
-                    self.state.global_step,
-                    self.last_path().display()
-                );
+            self.note_skipped(&batch, log)?;
+            if batch.len > 0 {
+                let b = batch.to_device(device);
+                let weight = b.len as f64 / planned;
+                let (img, ids, target) = (&b.img, &b.ids, &b.target);
+                let o =
+                    backward_micro(&self.model, img, ids, target, weight, Levers::FAST, sync_bn.as_ref(), precision)?;
+                parts.0.push((o, b.len));
             }
-            totals.loss_sum += loss;
-            totals.steps += 1;
             self.state.batch_in_epoch += 1;
-            self.state.global_step += 1;
-            bar.inc(1);
-            let rate = totals.steps as f64 / totals.started.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {loss:.4} lr {:.1e} {rate:.2} it/s", self.opt.lr));
-            if bar.is_hidden() && self.state.global_step % self.opts.recipe.print_freq.max(1) == 0 {
-                log(&format!(
-                    "step {} (epoch {}, batch {}/{per_epoch}): loss {:.4} (mean {:.4}), {rate:.2} it/s",
-                    self.state.global_step,
-                    epoch + 1,
-                    self.state.batch_in_epoch,
-                    loss,
-                    totals.loss_sum / totals.steps as f64
-                ));
-            }
-            if self.opts.save_every.is_some_and(|n| self.state.global_step % n == 0) {
-                self.save(Which::MID_EPOCH, None)?;
+            if self.state.batch_in_epoch % n == 0 {
+                self.end_step(&parts, planned, &mut totals, precision, steps_per_epoch, &bar, log)?;
             }
         }
         bar.finish_and_clear();
         Ok(totals)
+    }
+
+    /// The samples a batch left out: named, counted, and the run stopped past
+    /// `--max-bad-samples` (every rank alike).
+    fn note_skipped(&mut self, batch: &Batch, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let world = crate::distributed::rank_and_size().1;
+        let count_all = match world {
+            1 => batch.skipped.len(),
+            w => (crate::distributed::mean_over_ranks(batch.skipped.len() as f64)? * w as f64).round() as usize,
+        };
+        if world > 1 && batch.len == 0 {
+            bail!("every sample of this rank's batch was unreadable: a data-parallel step cannot go on without it");
+        }
+        if count_all == 0 {
+            return Ok(());
+        }
+        let (skips, history) = (&mut self.state.skipped, &self.state.history);
+        bad_samples::note(skips, history, &batch.skipped, count_all, self.opts.max_bad_samples, log)
+    }
+
+    /// After a step's last micro-batch: Adam's step, the NaN check, the meters,
+    /// the interval record and the `--save-every` checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn end_step(
+        &mut self,
+        parts: &StepParts,
+        planned: f64,
+        totals: &mut EpochTotals,
+        precision: &mut MixedPrecision,
+        steps_per_epoch: usize,
+        bar: &indicatif::ProgressBar,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        if parts.samples() == 0 {
+            log(&format!("no step at step {}: every sample of its batches was unreadable", self.state.global_step));
+            return Ok(());
+        }
+        finish_step(&mut self.opt, &mut precision.scaler, planned / parts.samples() as f64)?;
+        let o = parts.outcome();
+        // Data-parallel: the mean over ranks, so that all stop together.
+        let loss = crate::distributed::mean_over_ranks(o.loss)?;
+        self.state.grad_scaler = Some(precision.scaler.clone());
+        if !loss.is_finite() {
+            bail!(
+                "the loss became {loss} at epoch {} step {}: stopped; {}",
+                self.state.epoch + 1,
+                self.state.global_step,
+                self.last_good()
+            );
+        }
+        totals.loss_sum += loss;
+        totals.iou_sum += crate::distributed::mean_over_ranks(o.iou)?;
+        totals.pr50_sum += crate::distributed::mean_over_ranks(o.pr50)?;
+        totals.steps += 1;
+        self.state.global_step += 1;
+        bar.inc(1);
+        let rate = totals.steps as f64 / totals.started.elapsed().as_secs_f64();
+        bar.set_message(format!("loss {loss:.4} lr {:.1e} {rate:.2} it/s", self.opt.lr));
+        if self.state.global_step % self.opts.recipe.print_freq.max(1) == 0 {
+            self.log_interval(totals, loss, rate, steps_per_epoch, bar.is_hidden(), log)?;
+        }
+        if self.opts.save_every.is_some_and(|n| self.state.global_step % n == 0) {
+            self.save(Which::MID_EPOCH, None)?;
+        }
+        Ok(())
+    }
+
+    /// Every `print_freq` steps: the official meters' running means, to
+    /// `metrics.jsonl`, and as a log line (to `train.log` alone under a progress bar).
+    fn log_interval(
+        &self,
+        totals: &EpochTotals,
+        loss: f64,
+        rate: f64,
+        steps_per_epoch: usize,
+        to_terminal: bool,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let k = totals.steps as f64;
+        let step_in_epoch = self.state.batch_in_epoch / self.opts.accumulate.max(1);
+        let record = IntervalRecord {
+            epoch: self.state.epoch + 1,
+            step: self.state.global_step,
+            step_in_epoch,
+            lr: self.opt.lr,
+            loss: totals.loss_sum / k,
+            iou: totals.iou_sum / k,
+            pr50: totals.pr50_sum / k,
+        };
+        let line = format!(
+            "step {} (epoch {}, batch {step_in_epoch}/{steps_per_epoch}): loss {loss:.4} (mean {:.4}), train IoU {:.4} Pr@50 {:.4}, {rate:.2} it/s",
+            record.step, record.epoch, record.loss, record.iou, record.pr50
+        );
+        if !is_main() {
+            return Ok(());
+        }
+        MetricsLine::Interval(&record).append_to(&self.out.join("metrics.jsonl"))?;
+        match (to_terminal, &self.train_log) {
+            (true, _) => log(&line),
+            (false, Some(t)) => t.line(&line),
+            (false, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Where a NaN stop leaves the run: its newest checkpoint on disk, or none.
+    fn last_good(&self) -> String {
+        let candidates = [self.last_path(), checkpoint::official_path(&self.out, false)];
+        match candidates.into_iter().find(|p| p.exists()) {
+            Some(p) => format!("the last good checkpoint is {}", p.display()),
+            None => format!("no checkpoint was written yet into {}", self.out.display()),
+        }
     }
 
     /// After an epoch's last batch: validate, record, choose `best`, save, plot.
@@ -239,6 +384,8 @@ impl Trainer {
             epoch: epoch + 1,
             lr: self.opt.lr,
             seconds: totals.started.elapsed().as_secs_f64(),
+            skipped: std::mem::take(&mut self.state.skipped.samples),
+            skipped_count: std::mem::take(&mut self.state.skipped.count),
             step: self.state.global_step,
             train_loss: totals.mean_loss(),
             val_miou: val.as_ref().map(|v| v.miou),
@@ -247,7 +394,7 @@ impl Trainer {
             val_split: self.opts.data.val_split.clone(),
         };
         if is_main() {
-            record.append_to(&self.out.join("metrics.jsonl"))?;
+            MetricsLine::Epoch(&record).append_to(&self.out.join("metrics.jsonl"))?;
         }
         self.state.history.push(record);
         self.state.epoch += 1;
@@ -263,8 +410,12 @@ impl Trainer {
         let (r, epochs) = (&self.opts.recipe, self.opts.schedule.epochs);
         let due = self.state.epoch % r.save_freq.max(1) == 0 || self.state.epoch >= epochs;
         self.save(Which { last: due, best: improved, formats: r.save_format }, val.as_ref())?;
+        let skipped = match self.state.history.last().map_or(0, |r| r.skipped_count) {
+            0 => String::new(),
+            k => format!(", {k} unreadable samples skipped"),
+        };
         log(&format!(
-            "epoch {}/{epochs}: loss {:.4}, lr {:.1e}, {} mIoU {miou:.4} oIoU {oiou:.4}{}",
+            "epoch {}/{epochs}: loss {:.4}, lr {:.1e}, {} mIoU {miou:.4} oIoU {oiou:.4}{}{skipped}",
             epoch + 1,
             totals.mean_loss().unwrap_or(f64::NAN),
             self.opt.lr,
@@ -313,62 +464,6 @@ impl Trainer {
     }
 }
 
-/// One optimizer step, as the official loop: zero the gradients, forward in
-/// train mode, BCE-with-logits, backward, Adam. Returns the loss (a skipped
-/// f16 step, after a gradient overflow, returns it too).
-/// img (B, 3, S, S), ids (B, L), target (B, 1, S, S).
-pub fn train_step(
-    model: &Detris,
-    opt: &mut Adam,
-    img: &Tensor,
-    ids: &Tensor,
-    target: &Tensor,
-    levers: Levers,
-    sync_bn: Option<&SyncBn>,
-    precision: &mut MixedPrecision,
-) -> Result<f64> {
-    let ctx = Ctx { train: true, levers, trace: None, sync_bn };
-    opt.zero_grad();
-    let autocast = precision.autocast.is_some();
-    let loss = precision.forward(|| {
-        let logits = model.forward(img, ids, &ctx);
-        // The loss in f32, whatever autocast computed the logits in.
-        let logits = if autocast { logits.to_kind(Kind::Float) } else { logits };
-        Detris::loss(&logits, target).0
-    })?;
-    // A rank lost during the forward: its error, before a backward that would wait on it.
-    sync_bn.map_or(Ok(()), SyncBn::check)?;
-    let value = loss.double_value(&[]);
-    // Data-parallel: a backward through SyncBatchNorm talks to the other ranks.
-    (loss * precision.scaler.scale).f_backward().map_err(|e| crate::distributed::failed("the backward pass", e))?;
-    crate::distributed::average_gradients(opt.tensors())?;
-    // The official loop clips here (on the averaged gradients), before the scaler's inf check and unscaling.
-    opt.clip_grad_norm();
-    step_scaled(opt, &mut precision.scaler);
-    Ok(value)
-}
-
-/// After backward, on the final gradients (so that every rank of a
-/// distributed run decides alike): Adam's step on the unscaled gradients,
-/// or, when loss scaling is on and a gradient is inf or NaN, no step; then
-/// the scale's update. Returns whether Adam stepped.
-pub fn step_scaled(opt: &mut Adam, scaler: &mut GradScaler) -> bool {
-    let finite = !scaler.enabled || grads_finite(opt);
-    if finite {
-        opt.step(scaler.scale);
-    }
-    scaler.update(!finite);
-    finite
-}
-
-/// Whether every gradient is finite, read back once (one device
-/// synchronisation per step, not one per parameter).
-fn grads_finite(opt: &Adam) -> bool {
-    let flags: Vec<Tensor> =
-        opt.tensors().map(Tensor::grad).filter(|g| g.defined()).map(|g| g.isfinite().all()).collect();
-    flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
-}
-
 fn progress_bar(len: u64, epoch: usize, epochs: usize, shown: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
@@ -381,55 +476,4 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize, shown: bool) -> indicatif
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tch::Device;
-
-    #[test]
-    fn gradients_are_finite_until_one_element_is_not() {
-        let params: Vec<(String, Tensor)> = ["a", "b", "unused"]
-            .iter()
-            .map(|n| (n.to_string(), Tensor::ones([3, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true)))
-            .collect();
-        let opt = Adam::new(params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(), 1e-3);
-        assert!(grads_finite(&opt), "no gradient yet counts as finite");
-        (&params[0].1 * 2.0 + &params[1].1).sum(Kind::Float).backward();
-        assert!(grads_finite(&opt));
-        let mut g = params[1].1.grad();
-        let _ = g.narrow(1, 2, 1).fill_(f64::INFINITY);
-        assert!(!grads_finite(&opt));
-        let _ = g.fill_(f64::NAN);
-        assert!(!grads_finite(&opt));
-    }
-
-    #[test]
-    fn an_overflowing_step_is_skipped_and_a_clean_one_steps_on_unscaled_gradients() {
-        let p = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut opt = Adam::new(vec![("p".into(), p.shallow_clone())], 1e-2);
-        let mut scaler = GradScaler::new(true);
-        let scale = scaler.scale;
-        (&p * scale).sum(Kind::Float).backward();
-        let _ = p.grad().narrow(1, 0, 1).fill_(f64::NAN);
-        let before = p.detach().copy();
-        assert!(!step_scaled(&mut opt, &mut scaler));
-        assert_eq!(opt.step, 0, "the skipped step is not counted");
-        assert!(p.equal(&before), "no parameter moved");
-        assert_eq!(scaler.scale, scale / 2.0);
-
-        // A clean step equals Adam on the gradients without the scale.
-        opt.zero_grad();
-        (&p * scaler.scale).sum(Kind::Float).backward();
-        let q = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut plain = Adam::new(vec![("p".into(), q.shallow_clone())], 1e-2);
-        q.sum(Kind::Float).backward();
-        assert!(step_scaled(&mut opt, &mut scaler));
-        plain.step(1.0);
-        assert_eq!(opt.step, 1);
-        // Dividing by a power of two is exact: the same update to the bit.
-        assert!(p.equal(&q));
-        assert_eq!(scaler.growth_tracker, 1);
-    }
 }

@@ -101,6 +101,8 @@ mod tests {
             val_limit: 0,
             workers: 1,
             recipe: Recipe::default(),
+            accumulate: 1,
+            max_bad_samples: 10,
         };
         let state = TrainState { epoch: 2, global_step: 7, ..Default::default() };
         let path = std::env::temp_dir().join(format!("detris-old-checkpoint-{}.safetensors", std::process::id()));
