@@ -31,6 +31,8 @@ pub struct Trainer {
     pub out: PathBuf,
     /// Draw a progress bar (rank 0 only); without it, log lines every `print_freq` steps.
     pub progress_bar: bool,
+    /// The start files the checkpoints name instead of holding the frozen weights (`None`: they hold them).
+    pub base: Option<crate::weights::base::Base>,
 }
 
 /// One epoch's training, summed as it goes.
@@ -68,7 +70,7 @@ impl Trainer {
         // The official optimizer (two groups, weight decay, clipping) and first epoch.
         let opt = Adam::official(trainable, &opts.recipe.adam_options(opts.schedule.base_lr));
         let state = TrainState { epoch: opts.recipe.start_epoch, ..Default::default() };
-        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true })
+        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true, base: None })
     }
 
     pub fn last_path(&self) -> PathBuf {
@@ -110,7 +112,7 @@ impl Trainer {
         if !is_main() {
             return Ok(());
         }
-        let snap = Snapshot { model: &self.model, opt: &self.opt, state: &self.state, options: &self.opts, val };
+        let snap = Snapshot { model: &self.model, opt: &self.opt, state: &self.state, options: &self.opts, val, base: self.base.as_ref() };
         checkpoint::save(&self.out, which, &snap)
     }
 
