@@ -194,3 +194,24 @@ pub fn linked_base(files: &WeightFiles, policy: BaseWeights, out: &Path) -> Resu
     }
     Ok(Some(Base::of(files)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A base rewritten to the same size with other bytes is told by its digest.
+    #[test]
+    fn a_base_changed_in_place_is_refused_by_its_digest_and_a_gone_one_by_its_absence() {
+        let path = std::env::temp_dir().join(format!("detris-base-{}.bin", std::process::id()));
+        std::fs::write(&path, b"frozen weights").unwrap();
+        let named = BaseFile::of(BaseRole::Dinov2, &path).unwrap();
+        assert_eq!(named.size, 14);
+        named.check(Path::new("best.safetensors")).unwrap();
+        std::fs::write(&path, b"Frozen weights").unwrap();
+        let e = named.check(Path::new("best.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("has changed") && e.contains(&named.digest) && e.contains("--dinov2"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = named.check(Path::new("best.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("gone") && e.contains(&path.display().to_string()), "{e}");
+    }
+}
