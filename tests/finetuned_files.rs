@@ -36,10 +36,13 @@ fn same_weights(a: &detris_io::tensor::TensorMap, b: &detris_io::tensor::TensorM
     a.len() == b.len() && a.iter().all(|(k, t)| b.get(k).is_some_and(|u| u.shape == t.shape && u.bytes() == t.bytes()))
 }
 
-/// `detris eval` on the validation split with `checkpoint` alone.
+/// `detris eval` on the validation split with `checkpoint` alone (its table beside the data).
 fn eval(checkpoint: &Path, data: &Path) -> std::process::Output {
+    let json = data.with_file_name("eval.json");
     detris_unchecked(&[
         "eval",
+        "--json",
+        json.to_str().unwrap(),
         "--checkpoint",
         checkpoint.to_str().unwrap(),
         "--data",

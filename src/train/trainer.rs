@@ -112,7 +112,8 @@ impl Trainer {
         if !is_main() {
             return Ok(());
         }
-        let snap = Snapshot { model: &self.model, opt: &self.opt, state: &self.state, options: &self.opts, val, base: self.base.as_ref() };
+        let base = self.base.as_ref();
+        let snap = Snapshot { model: &self.model, opt: &self.opt, state: &self.state, options: &self.opts, val, base };
         checkpoint::save(&self.out, which, &snap)
     }
 
