@@ -3,16 +3,19 @@
 //!
 //! Sources: the official DETRIS `.pth` (all weights), a detris safetensors
 //! file (config in its metadata), or the pretrained backbones `dinov2.pth` +
-//! CLIP `ViT-B-16.pt` (+ trainable weights). Loading is strict: missing,
+//! CLIP `ViT-B-16.pt` (+ trainable weights), or a training checkpoint that
+//! holds the trained weights and names its base files (read first). Loading is strict: missing,
 //! unexpected and wrong-shape keys are listed by name.
 //!
 //! The rooms, bottom up: [`convert`] (tch ⇄ plain tensors), [`strict`]
 //! (name-by-name loading), [`official`] (the official layouts and every
 //! foreign checkpoint name), [`config_files`] (the config files and the
 //! official names of their fields), [`detris_file`] (detris's own file and
-//! its checksum),
+//! its checksum), [`base`] (the base files a fine-tuned checkpoint names
+//! instead of holding its frozen weights),
 //! [`export`] (vocabulary pruning, f16); this file orchestrates a load.
 
+pub mod base;
 pub mod config_files;
 pub mod convert;
 pub mod detris_file;
@@ -64,6 +67,16 @@ pub struct WeightFiles {
     pub dinov2: Option<PathBuf>,
     /// OpenAI CLIP TorchScript archive (`ViT-B-16.pt`).
     pub clip: Option<PathBuf>,
+}
+
+impl WeightFiles {
+    /// These files, or the model that ships with detris when they name none.
+    pub fn or_shipped(self) -> Result<WeightFiles> {
+        if self.checkpoint.is_none() && self.dinov2.is_none() && self.clip.is_none() {
+            return Ok(WeightFiles { checkpoint: Some(crate::shipped::default_checkpoint()?), ..self });
+        }
+        Ok(self)
+    }
 }
 
 /// How the config is chosen: `--config`, else `--variant`, else the file's
@@ -136,11 +149,60 @@ pub fn load_model_or_shipped(
     if !matches!(kind, tch::Kind::Float | tch::Kind::BFloat16 | tch::Kind::Half) {
         bail!("precision {kind:?}: use Float, BFloat16 or Half");
     }
-    if files.checkpoint.is_none() && files.dinov2.is_none() && files.clip.is_none() {
-        let shipped = WeightFiles { checkpoint: Some(crate::shipped::default_checkpoint()?), ..WeightFiles::default() };
-        return load_model_in(&shipped, choice, device, kind);
+    load_model_in(&files.clone().or_shipped()?, choice, device, kind)
+}
+
+/// The weights of a model gathered from its files, before any config is chosen.
+struct Gathered {
+    map: TensorMap,
+    /// The checkpoint's metadata (its config), if a checkpoint was given.
+    meta: BTreeMap<String, String>,
+    /// A pruned vocabulary's token ids (the checkpoint's, else its base's).
+    known_ids: Option<Vec<i64>>,
+    /// The files, for messages.
+    source: String,
+}
+
+/// Reads `files` into one map: the backbones, then the checkpoint over them.
+/// A checkpoint that names a base (see [`base`]) and comes without backbones
+/// has its base read first, at `depth + 1`.
+fn gather(files: &WeightFiles, depth: usize) -> Result<Gathered> {
+    let mut g = Gathered { map: TensorMap::new(), meta: BTreeMap::new(), known_ids: None, source: String::new() };
+    let mut sources = Vec::new();
+    if let (Some(d), Some(c)) = (&files.dinov2, &files.clip) {
+        let dinov2 = read_weights(d)?.0;
+        let clip = detris_io::torch_file::load_torchscript(c, true)?;
+        g.map.extend(backbone_map(dinov2, clip));
+        sources.push(format!("{} + {}", d.display(), c.display()));
+    } else if files.dinov2.is_some() || files.clip.is_some() {
+        bail!("the pretrained backbones come as a pair: give both --dinov2 and --clip");
     }
-    load_model_in(files, choice, device, kind)
+    if let Some(ck) = &files.checkpoint {
+        let (mut m, md) = read_weights(ck)?;
+        check_finite(ck, &m)?;
+        let vocab = m.get(TOKEN_EMBEDDING).map(|_| 0).and(config_from_metadata(&md)?.map(|c| c.vocab_size));
+        g.known_ids = expand_vocab(&mut m, vocab.unwrap_or(detris_io::tokenizer::VOCAB_SIZE))?;
+        if let (Some(named), None) = (base::Base::from_metadata(&md, ck)?, &files.dinov2) {
+            if depth >= base::MAX_DEPTH {
+                bail!("{}: its bases name bases more than {} deep (a loop?)", ck.display(), base::MAX_DEPTH);
+            }
+            let mut under = gather(&named.checked_files(ck)?, depth + 1)?;
+            under.map.retain(|k, _| !k.starts_with("adam."));
+            g.map.extend(under.map);
+            if !m.contains_key(TOKEN_EMBEDDING) {
+                g.known_ids = under.known_ids;
+            }
+            sources.push(under.source);
+        }
+        g.map.extend(m);
+        g.meta = md;
+        sources.push(ck.display().to_string());
+    }
+    if sources.is_empty() {
+        bail!("no weights given: pass --checkpoint (official .pth or detris .safetensors), or --dinov2 and --clip");
+    }
+    g.source = sources.join(" + ");
+    Ok(g)
 }
 
 /// As [`load_model`], the weights converted to `kind` one tensor at a time as they load.
@@ -150,31 +212,7 @@ pub fn load_model_in(
     device: tch::Device,
     kind: tch::Kind,
 ) -> Result<Detris> {
-    let mut map = TensorMap::new();
-    let mut meta = BTreeMap::new();
-    let mut sources = Vec::new();
-    let mut known_ids = None;
-    if let (Some(d), Some(c)) = (&files.dinov2, &files.clip) {
-        let dinov2 = read_weights(d)?.0;
-        let clip = detris_io::torch_file::load_torchscript(c, true)?;
-        map.extend(backbone_map(dinov2, clip));
-        sources.push(format!("{} + {}", d.display(), c.display()));
-    } else if files.dinov2.is_some() || files.clip.is_some() {
-        bail!("the pretrained backbones come as a pair: give both --dinov2 and --clip");
-    }
-    if let Some(ck) = &files.checkpoint {
-        let (mut m, md) = read_weights(ck)?;
-        check_finite(ck, &m)?;
-        let vocab = m.get(TOKEN_EMBEDDING).map(|_| 0).and(config_from_metadata(&md)?.map(|c| c.vocab_size));
-        known_ids = expand_vocab(&mut m, vocab.unwrap_or(detris_io::tokenizer::VOCAB_SIZE))?;
-        map.extend(m);
-        meta = md;
-        sources.push(ck.display().to_string());
-    }
-    if sources.is_empty() {
-        bail!("no weights given: pass --checkpoint (official .pth or detris .safetensors), or --dinov2 and --clip");
-    }
-    let source = sources.join(" + ");
+    let Gathered { map, meta, known_ids, source } = gather(files, 0)?;
 
     let cfg = choice.resolve(|| match config_from_metadata(&meta)? {
         Some(c) => Ok(c),

@@ -13,8 +13,9 @@ use super::model_args::ModelArgs;
 pub struct ExportArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The file to write: detris safetensors (config and checksum in its
-    /// metadata) or, with --format pth, the official checkpoint container.
+    /// The file to write: detris safetensors (every weight, config and
+    /// checksum in its metadata: self-contained, even from a checkpoint that
+    /// names its base) or, with --format pth, the official checkpoint container.
     #[arg(long)]
     out: PathBuf,
     /// safetensors, or pth: the container the official train.py writes

@@ -15,6 +15,10 @@ pub struct TrainArgs {
     model: ModelArgs,
     #[command(flatten)]
     request: TrainRequest,
+    /// How best/last hold the frozen weights: copy (self-contained), link (name the start files by path and
+    /// SHA-256), or auto (copy when the start files are at most 64 MiB).
+    #[arg(long, value_enum, default_value_t)]
+    base_weights: detris::weights::base::BaseWeights,
     /// Print the resolved configuration (model, recipe, data) as JSON and exit.
     #[arg(long)]
     print_config: bool,
@@ -76,6 +80,10 @@ fn train(mut a: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(model, plan.options(data, precision.resolve(device).precision), &plan.out)?;
     trainer.progress_bar = std::env::var_os("DETRIS_NO_PROGRESS").is_none();
     trainer.train_log = train_log.clone();
+    if !a.request.random_init {
+        trainer.base =
+            detris::weights::base::linked_base(&plan.weights.clone().or_shipped()?, a.base_weights, &plan.out)?;
+    }
     let last = trainer.last_path();
     let resume = match &plan.resume_from {
         Some(from) => Some((from.clone(), "--resume-from")),

@@ -1,6 +1,7 @@
 //! A run's checkpoints, in two formats written side by side: detris's
 //! safetensors ([`safetensors`]: weights, Adam moments and the run's
-//! position, resumable mid-epoch) and the official `train.py` container
+//! position, resumable mid-epoch; every weight, or the trained ones and the
+//! base files named) and the official `train.py` container
 //! ([`pth`]: `last_model.pth` / `best_model.pth`, which the official scripts
 //! load). [`save`] writes the files a moment asks for in the formats the
 //! recipe names; [`read`] tells the format from the bytes and reads either.
@@ -22,6 +23,7 @@ use super::history::EpochRecord;
 use super::precision::GradScaler;
 use super::recipe::{SaveFormat, TrainOptions};
 use crate::model::Detris;
+use crate::weights::base::Base;
 
 /// Where a run stands; enough to continue it exactly (the optimizer's own
 /// step count is in [`Adam::step`]).
@@ -64,6 +66,9 @@ pub struct Snapshot<'a> {
     pub options: &'a TrainOptions,
     /// The validation of the epoch just finished (the official container records it).
     pub val: Option<&'a Summary>,
+    /// The files the frozen weights came from, to name instead of writing
+    /// those weights (`None`: the safetensors files hold every weight).
+    pub base: Option<&'a Base>,
 }
 
 /// Which files to write now.

@@ -38,6 +38,8 @@ pub struct Trainer {
     /// The run folder's `train.log`: every log line (and, under a progress bar,
     /// the `print_freq` lines the bar stands for).
     pub train_log: Option<TrainLog>,
+    /// The start files the checkpoints name instead of holding the frozen weights (`None`: they hold them).
+    pub base: Option<crate::weights::base::Base>,
 }
 
 /// One epoch's training, summed as it goes (the official meters).
@@ -101,7 +103,7 @@ impl Trainer {
         // The official optimizer (two groups, weight decay, clipping) and first epoch.
         let opt = Adam::official(trainable, &opts.recipe.adam_options(opts.schedule.base_lr));
         let state = TrainState { epoch: opts.recipe.start_epoch, ..Default::default() };
-        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true, train_log: None })
+        Ok(Trainer { model, opt, state, opts, out: out.to_path_buf(), progress_bar: true, train_log: None, base: None })
     }
 
     pub fn last_path(&self) -> PathBuf {
@@ -143,7 +145,8 @@ impl Trainer {
         if !is_main() {
             return Ok(());
         }
-        let snap = Snapshot { model: &self.model, opt: &self.opt, state: &self.state, options: &self.opts, val };
+        let base = self.base.as_ref();
+        let snap = Snapshot { model: &self.model, opt: &self.opt, state: &self.state, options: &self.opts, val, base };
         checkpoint::save(&self.out, which, &snap)
     }
 

@@ -20,10 +20,12 @@ pub struct Shrink {
     pub f16: bool,
 }
 
-/// Writes every weight of `model` as a detris safetensors file, made smaller as `shrink` says.
+/// Writes every weight of `model` as a detris safetensors file, made smaller
+/// as `shrink` says: self-contained, whatever files the model was loaded from.
+/// A model loaded pruned stays pruned to the ids it knows unless `shrink` names others.
 pub fn export_model(model: &Detris, path: &Path, shrink: &Shrink) -> Result<()> {
     let mut map = state_dict(model, false)?;
-    if let Some(ids) = &shrink.keep_token_ids {
+    if let Some(ids) = shrink.keep_token_ids.as_ref().or(model.known_token_ids.as_ref()) {
         prune_vocab(&mut map, ids)?;
     }
     if shrink.f16 {

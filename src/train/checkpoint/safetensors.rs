@@ -29,10 +29,18 @@ struct Stored {
     adam_step: Option<i64>,
 }
 
-/// Writes the model's trained variables (all of them when the backbones
-/// train too; BatchNorm statistics always), the optimizer moments and the state.
+/// Writes the model's weights, the optimizer moments and the state. With a
+/// base to name (and frozen backbones), the trained variables alone
+/// (BatchNorm statistics included) and the base's files in `detris.base`;
+/// else every weight, the token embedding pruned to the model's known ids as
+/// it came, so that the file is usable as it is.
 pub fn save(path: &Path, snap: &Snapshot) -> Result<()> {
-    let mut map = weights::state_dict(snap.model, !snap.options.train_backbones)?;
+    let link = snap.base.filter(|_| !snap.options.train_backbones);
+    let mut map = weights::state_dict(snap.model, link.is_some())?;
+    if let (None, false, Some(ids)) = (link, snap.options.train_backbones, &snap.model.known_token_ids) {
+        // Frozen, the rows outside `ids` are the zeros the pruned start file widened to.
+        weights::prune_vocab(&mut map, ids)?;
+    }
     for p in &snap.opt.params {
         map.insert(format!("adam.exp_avg.{}", p.name), from_tch(&p.exp_avg)?);
         map.insert(format!("adam.exp_avg_sq.{}", p.name), from_tch(&p.exp_avg_sq)?);
@@ -40,6 +48,9 @@ pub fn save(path: &Path, snap: &Snapshot) -> Result<()> {
     let mut meta = weights::metadata_for(&map, &snap.model.config)?;
     let stored = Stored { state: snap.state.clone(), options: snap.options.clone(), adam_step: Some(snap.opt.step) };
     meta.insert(META_TRAIN_STATE.into(), serde_json::to_string(&stored)?);
+    if let Some(base) = link {
+        meta.insert(weights::base::META_BASE.into(), base.to_json()?);
+    }
     detris_io::safetensors_file::write(path, &map, &meta)?;
     Ok(())
 }
@@ -47,7 +58,9 @@ pub fn save(path: &Path, snap: &Snapshot) -> Result<()> {
 /// Restores weights, optimizer moments and step from a checkpoint; returns
 /// the run's position and the options it ran with.
 pub fn load(path: &Path, model: &Detris, opt: &mut Adam) -> Result<(TrainState, TrainOptions)> {
-    let (map, meta) = weights::read_weights(path)?;
+    let (mut map, meta) = weights::read_weights(path)?;
+    // A pruned token embedding (see `save`) widened as the model has it.
+    weights::expand_vocab(&mut map, model.config.vocab_size)?;
     let json =
         meta.get(META_TRAIN_STATE).with_context(|| format!("{}: not a detris training checkpoint", path.display()))?;
     let unreadable = || format!("{}: unreadable training state", path.display());
@@ -90,7 +103,8 @@ mod tests {
         let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         let mut opt = Adam::official(trainable, &Recipe::default().adam_options(1e-4));
         opt.step = 7;
-        let data = DataSpec { source: crate::data::DataSource::new("d", "s"), train_split: "t".into(), val_split: "v".into() };
+        let data =
+            DataSpec { source: crate::data::DataSource::new("d", "s"), train_split: "t".into(), val_split: "v".into() };
         let options = TrainOptions {
             data,
             schedule: Schedule::default(),
@@ -106,7 +120,8 @@ mod tests {
         };
         let state = TrainState { epoch: 2, global_step: 7, ..Default::default() };
         let path = std::env::temp_dir().join(format!("detris-old-checkpoint-{}.safetensors", std::process::id()));
-        save(&path, &Snapshot { model: &model, opt: &opt, state: &state, options: &options, val: None }).unwrap();
+        save(&path, &Snapshot { model: &model, opt: &opt, state: &state, options: &options, val: None, base: None })
+            .unwrap();
         // Rewrite the metadata as older versions wrote it.
         let (map, mut meta) = detris_io::safetensors_file::read(&path).unwrap();
         let mut v: serde_json::Value = serde_json::from_str(&meta[META_TRAIN_STATE]).unwrap();
