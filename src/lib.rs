@@ -102,6 +102,7 @@ pub mod weights;
 pub use anyhow::{Error, Result};
 pub use config::DetrisConfig;
 pub use data::{DataSource, DataSpec};
+pub use device::Precision;
 pub use detris_io::data::loader::Mode;
 pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
