@@ -63,7 +63,10 @@ fn main() -> anyhow::Result<()> {
     };
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (med0, best0) = (median(&times[0]), best(&times[0]));
-    println!("{:<12} {:>10} {:>10} {:>9} {:>9} {:>22}", "case", "median s", "best s", "x(med)", "x(best)", "logits rel L2 vs bf16");
+    println!(
+        "{:<12} {:>10} {:>10} {:>9} {:>9} {:>22}",
+        "case", "median s", "best s", "x(med)", "x(best)", "logits rel L2 vs bf16"
+    );
     for (i, (name, _)) in cases.iter().enumerate() {
         let out = outputs[i].as_ref().unwrap().to_kind(Kind::Double);
         let rel = (&out - &base).norm().double_value(&[]) / base.norm().double_value(&[]);

@@ -16,17 +16,28 @@ use std::ptr::NonNull;
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-
 #[allow(improper_ctypes)]
 extern "C" {
     fn detris_onednn_free(p: *mut c_void);
-    fn detris_onednn_bf16_new(weight: *mut c_void, bias: *mut c_void, tokens: i64, err: *mut *mut c_char)
-        -> *mut c_void;
-    fn detris_onednn_int8_new(weight: *mut c_void, bias: *mut c_void, tokens: i64, err: *mut *mut c_char)
-        -> *mut c_void;
+    fn detris_onednn_bf16_new(
+        weight: *mut c_void,
+        bias: *mut c_void,
+        tokens: i64,
+        err: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn detris_onednn_int8_new(
+        weight: *mut c_void,
+        bias: *mut c_void,
+        tokens: i64,
+        err: *mut *mut c_char,
+    ) -> *mut c_void;
     fn detris_onednn_packed_free(p: *mut c_void);
-    fn detris_onednn_packed_forward(p: *mut c_void, x: *mut c_void, epilogue: c_int, err: *mut *mut c_char)
-        -> *mut c_void;
+    fn detris_onednn_packed_forward(
+        p: *mut c_void,
+        x: *mut c_void,
+        epilogue: c_int,
+        err: *mut *mut c_char,
+    ) -> *mut c_void;
 }
 
 fn take_error(err: *mut c_char) -> String {
