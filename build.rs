@@ -6,7 +6,8 @@
 //   absent. Its CUDA dependencies need not exist on the build machine;
 // - the C++ shim over libtorch's c10d (src/distributed), compiled with the
 //   flags torch-sys uses, after checking that libtorch's Gloo store vtable is
-//   the one src/distributed/gloo_abi.h declares.
+//   the one src/distributed/gloo_abi.h declares;
+// - the C++ shim over libtorch's oneDNN linear operators (src/model).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -31,6 +32,24 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }
     build_c10d_shim(&libtorch);
+    build_onednn_shim(&libtorch);
+}
+
+/// The C++ shim over libtorch's oneDNN linear operators (src/model/packed_linear.rs),
+/// compiled with the flags torch-sys uses.
+fn build_onednn_shim(libtorch: &Path) {
+    let file = Path::new("src/model/onednn_shim.cpp");
+    println!("cargo:rerun-if-changed={}", file.display());
+    cc::Build::new()
+        .cpp(true)
+        .file(file)
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .flag("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("detris_onednn");
 }
 
 /// The slots of `c10d::ProcessGroupGloo::GlooStore`'s vtable in libtorch

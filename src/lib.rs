@@ -105,6 +105,7 @@ pub use data::{DataSource, DataSpec};
 pub use detris_io::data::loader::Mode;
 pub use detris_io::image::{decode_rgb, load_rgb, PostPath, Rgb, THRESHOLD};
 pub use detris_io::metrics::Summary;
+pub use device::Precision;
 pub use eval::{evaluate, EvalOutputs, EvalReport, EvalRequest, SentenceRecord};
 pub use model::Detris;
 pub use segment::{Cancelled, Segmenter, SegmenterBuilder, SentenceMask, SentenceTimings};

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DetrisConfig;
-use crate::device::DeviceArg;
+use crate::device::{DeviceArg, Precision};
 use crate::model::{Ctx, Detris};
 use crate::weights::{self, ConfigChoice, WeightFiles};
 
@@ -119,7 +119,8 @@ pub struct SegmenterBuilder {
     choice: ConfigChoice,
     model: Option<Detris>,
     device: Option<Device>,
-    precision: Kind,
+    /// What [`SegmenterBuilder::precision`] asked for, or why it cannot be (told at `build`).
+    precision: Result<Precision>,
     post: PostPath,
     threshold: f32,
     probabilities: bool,
@@ -132,7 +133,7 @@ impl Default for SegmenterBuilder {
             choice: ConfigChoice::default(),
             model: None,
             device: None,
-            precision: Kind::Float,
+            precision: Ok(Precision::F32),
             post: PostPath::Test,
             threshold: THRESHOLD,
             probabilities: false,
@@ -203,9 +204,18 @@ impl SegmenterBuilder {
         self
     }
 
-    /// `Kind::Float` (default), `Kind::BFloat16` or `Kind::Half`.
+    /// `Kind::Float` (default), `Kind::BFloat16` or `Kind::Half`. On the CPU, bf16 also packs
+    /// the frozen backbones' linear layers for oneDNN (see [`crate::model::packing`]).
     pub fn precision(mut self, kind: Kind) -> Self {
-        self.precision = kind;
+        self.precision = Precision::of_kind(kind);
+        self
+    }
+
+    /// The precision as the commands' `--precision` names it: besides f32, bf16 and f16,
+    /// `Int8` (CPU only: the frozen backbones' linear layers in int8, the rest in bf16) and
+    /// `Auto` (bf16 where the hardware has bf16 matrix units, else f32).
+    pub fn inference_precision(mut self, precision: Precision) -> Self {
+        self.precision = Ok(precision);
         self
     }
 
@@ -233,7 +243,8 @@ impl SegmenterBuilder {
         let model = match self.model {
             Some(m) => m,
             None => {
-                weights::load_model_or_shipped(&self.files, &self.choice, open_device(self.device)?, self.precision)?
+                let device = open_device(self.device)?;
+                weights::load_for_inference(&self.files, &self.choice, device, self.precision?)?
             }
         };
         Ok(Segmenter { model, post: self.post, threshold: self.threshold, probabilities: self.probabilities })

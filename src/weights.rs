@@ -30,6 +30,7 @@ use anyhow::{bail, Context, Result};
 use detris_io::tensor::TensorMap;
 
 use crate::config::DetrisConfig;
+use crate::device::Precision;
 use crate::model::Detris;
 
 pub use config_files::read_config_file;
@@ -138,8 +139,25 @@ pub fn load_model(files: &WeightFiles, choice: &ConfigChoice, device: tch::Devic
     load_model_in(files, choice, device, tch::Kind::Float)
 }
 
+/// The model as inference runs it: [`load_model_or_shipped`] in `precision`'s kind (`auto`
+/// resolved for `device`), then, where the precision asks for it (bf16 and int8 on the CPU),
+/// the frozen backbones' linear layers packed for oneDNN ([`crate::model::packing`]). What
+/// `Segmenter::builder` and the commands load.
+pub fn load_for_inference(
+    files: &WeightFiles,
+    choice: &ConfigChoice,
+    device: tch::Device,
+    precision: Precision,
+) -> Result<Detris> {
+    let precision = precision.for_inference(device)?;
+    let kind = precision.kind().context("a resolved precision has a kind")?;
+    let mut model = load_model_or_shipped(files, choice, device, kind)?;
+    crate::model::packing::pack_for_inference(&mut model, precision)?;
+    Ok(model)
+}
+
 /// As [`load_model_in`], but the model that ships with detris when `files` names no weights;
-/// `kind` is `Float`, `BFloat16` or `Half`. What `Segmenter::builder` and the commands load.
+/// `kind` is `Float`, `BFloat16` or `Half`. Nothing is packed (see [`load_for_inference`]).
 pub fn load_model_or_shipped(
     files: &WeightFiles,
     choice: &ConfigChoice,

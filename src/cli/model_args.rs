@@ -45,6 +45,8 @@ pub struct ModelArgs {
 pub struct InferencePrecision {
     /// f32; bf16 (CPU or CUDA) or f16 (CUDA): weights and activations in
     /// half precision, half the memory and, with bf16 matrix units, faster;
+    /// int8 (CPU): the backbones' frozen linear layers in int8 (oneDNN), the
+    /// rest in bf16; never chosen by auto;
     /// auto: bf16 where the hardware has bf16 matrix units, else f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
@@ -70,16 +72,16 @@ impl ModelArgs {
         self.load_in(Precision::F32)
     }
 
-    /// The model with its floating-point weights in `precision` (`auto` resolved for the device).
+    /// The model with its floating-point weights in `precision` (`auto` resolved for the
+    /// device), its frozen linear layers packed where the precision asks for it.
     pub fn load_in(&self, precision: Precision) -> Result<Detris> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
         let device = self.device.open().map_err(|e| super::usage(e.to_string()))?;
         let precision = precision.for_inference(device).map_err(|e| super::usage(e.to_string()))?;
-        let kind = precision.kind().expect("a resolved precision");
         let files =
             WeightFiles { checkpoint: self.checkpoint.clone(), dinov2: self.dinov2.clone(), clip: self.clip.clone() };
-        weights::load_model_or_shipped(&files, &self.config_choice()?, device, kind)
+        weights::load_for_inference(&files, &self.config_choice()?, device, precision)
     }
 }

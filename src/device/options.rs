@@ -97,6 +97,9 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+    /// Inference on the CPU: the backbones' frozen linear layers in int8
+    /// (oneDNN, see `model::packing`), everything else in bf16.
+    Int8,
     Auto,
 }
 
@@ -106,18 +109,32 @@ impl std::fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
             Precision::Auto => "auto",
         })
     }
 }
 
 impl Precision {
+    /// The precision whose tensors are of `kind` (what `Segmenter::builder().precision`
+    /// takes): f32, bf16 or f16.
+    pub fn of_kind(kind: Kind) -> Result<Precision> {
+        Ok(match kind {
+            Kind::Float => Precision::F32,
+            Kind::BFloat16 => Precision::Bf16,
+            Kind::Half => Precision::F16,
+            other => bail!("precision {other:?}: use Float, BFloat16 or Half"),
+        })
+    }
+
     /// The tensor kind; `None` for `auto` (resolve it first).
     pub fn kind(self) -> Option<Kind> {
         match self {
             Precision::F32 => Some(Kind::Float),
             Precision::F16 => Some(Kind::Half),
             Precision::Bf16 => Some(Kind::BFloat16),
+            // The activations and the weights that stay unquantised.
+            Precision::Int8 => Some(Kind::BFloat16),
             Precision::Auto => None,
         }
     }
@@ -150,7 +167,13 @@ mod tests {
     fn precisions_name_their_kind_and_round_trip() {
         assert_eq!(Precision::Auto.kind(), None);
         assert_eq!(Precision::Bf16.kind(), Some(Kind::BFloat16));
-        for p in [Precision::F32, Precision::F16, Precision::Bf16, Precision::Auto] {
+        assert_eq!(Precision::Int8.kind(), Some(Kind::BFloat16), "int8 keeps its other tensors in bf16");
+        for p in [Precision::F32, Precision::F16, Precision::Bf16] {
+            assert_eq!(Precision::of_kind(p.kind().unwrap()).unwrap(), p);
+        }
+        let e = Precision::of_kind(Kind::Int64).unwrap_err().to_string();
+        assert!(e.contains("precision Int64"), "{e}");
+        for p in [Precision::F32, Precision::F16, Precision::Bf16, Precision::Int8, Precision::Auto] {
             let name = p.to_string();
             assert_eq!(Precision::from_str(&name, false).unwrap(), p, "clap's name is the displayed one");
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{name}\""));

@@ -166,7 +166,7 @@ impl DinoV2 {
             let attn = blk.attention(&blk.norm1.forward(x), ctx);
             let x = x + &blk.ls1 * attn;
             let h = blk.norm2.forward(&x);
-            let mut out = blk.fc2.forward(&blk.fc1.forward(&h).gelu("none"));
+            let mut out = blk.fc2.forward(&blk.fc1.forward_gelu(&h));
             if let Some(adapter) = &blk.adapter {
                 let name = format!("dino.blocks.{i}.adapter");
                 let a = adapter.forward(&h, words, s.grid, &name, ctx);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
+use super::packed_linear::{Epilogue, PackedLinear};
 use crate::distributed::sync_bn::SyncBn;
 
 /// How a forward pass runs. `levers` picks the fused/simplified kernels; with
@@ -160,6 +161,9 @@ fn param(p: &Path, name: &str, dims: &[i64], init: Init0, fan_in: i64, is_bias: 
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// oneDNN's packed copy of a frozen weight (inference on the CPU), set by
+    /// [`super::packing::pack_frozen_linears`]; not a variable.
+    pub packed: Option<PackedLinear>,
 }
 
 impl Linear {
@@ -167,11 +171,28 @@ impl Linear {
         Linear {
             weight: param(p, "weight", &[o, i], init, i, false),
             bias: Some(param(p, "bias", &[o], init, i, true)),
+            packed: None,
         }
     }
     /// (…, i) → (…, o)
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        self.forward_with(x, Epilogue::None)
+    }
+    /// `gelu(forward(x))` (exact GELU), in one oneDNN call when packed.
+    pub fn forward_gelu(&self, x: &Tensor) -> Tensor {
+        self.forward_with(x, Epilogue::Gelu)
+    }
+    fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Tensor {
+        if let Some(p) = self.packed.as_ref().filter(|p| p.accepts(x)) {
+            // Shapes and kinds were checked when packing and by `accepts`: a failure
+            // here is a libtorch error, reported the way tch's own ops report theirs.
+            return p.forward(x, epilogue).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match epilogue {
+            Epilogue::None => y,
+            Epilogue::Gelu => y.gelu("none"),
+        }
     }
 }
 

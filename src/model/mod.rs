@@ -13,6 +13,8 @@ pub mod dinov2;
 pub mod init;
 pub mod layers;
 pub mod neck;
+pub mod packed_linear;
+pub mod packing;
 pub mod projector;
 pub mod text_adapter;
 

@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use detris::config::DetrisConfig;
 use detris::device::{DeviceArg, Precision};
 use detris::model::init::randomise;
+use detris::model::packed_linear::{Epilogue, PackedLinear, Packing};
 use detris::model::{Ctx, Detris, Lever, Levers};
 
 /// Which computation a case times.
@@ -181,6 +182,10 @@ pub fn run_case(case: &BenchCase, warmup: usize, runs: usize) -> Result<BenchRes
     // Inference holds its weights in `kind` from the start; training keeps f32 parameters.
     let mut model = Detris::new_in(cfg.clone(), device, if case.train { Kind::Float } else { kind })?;
     randomise(&model, 0);
+    if !case.train {
+        // As inference loads it: the frozen linear layers packed where the precision asks.
+        detris::model::packing::pack_for_inference(&mut model, case.precision)?;
+    }
     let s = cfg.input_size as i64;
     let b = (case.batch / world) as i64;
     let levers = case.mode.levers();
@@ -313,6 +318,41 @@ pub fn matmul_gflops(m: i64, k: i64, n: i64, kind: Kind, device: Device) -> f64 
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// The rate of `m×k · k×n` products (bf16 activations) through oneDNN's packed weights on
+/// the CPU, GFLOP/s (best of several runs): the ceiling of a precision whose products run
+/// packed. int8 products use the CPU's int8 dot-product units (VNNI, AMX-INT8), which
+/// `matmul` never reaches.
+pub fn packed_linear_gflops(m: i64, k: i64, n: i64, packing: Packing) -> Result<f64> {
+    let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.02;
+    let layer = PackedLinear::new(packing, &w, None, m)?;
+    let x = Tensor::randn([m, k], (Kind::BFloat16, Device::Cpu));
+    let _ = layer.forward(&x, Epilogue::None)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let _ = layer.forward(&x, Epilogue::None)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// `(trainable, total)` parameters of `model`, counted as the official `tools/latency.py`
+/// counts `model.parameters()`: BatchNorm's running statistics are buffers, not parameters.
+pub fn parameter_counts(model: &Detris) -> (i64, i64) {
+    let mut counts = (0, 0);
+    for (name, v) in model.vs.variables() {
+        if name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let n = v.numel() as i64;
+        counts.1 += n;
+        if v.requires_grad() {
+            counts.0 += n;
+        }
+    }
+    counts
+}
+
 /// The reference a result is compared with: the plain mode (cuDNN off on
 /// CUDA, as the official code) of the same variant, size, sentences, batch
 /// and task.
@@ -348,11 +388,13 @@ pub fn scaling(results: &[BenchResult]) -> Vec<(&BenchResult, &BenchResult, f64,
 }
 
 /// Prints one line per result; `peak_gflops` (the machine's matrix-product
-/// rate, per precision) adds a "% of peak" column. Training GFLOP counts a
+/// rate, per precision) adds a "% of peak" column (against the case's own
+/// precision: int8's is its packed int8 product) and a "% of the bf16 peak"
+/// one (the yardstick for every case). Training GFLOP counts a
 /// step as 2 forwards (the frozen backbones need input gradients only).
 pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(Precision) -> Option<f64>) {
     println!(
-        "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>8} {:>6}",
+        "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>6}",
         "variant",
         "size",
         "K",
@@ -363,6 +405,7 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(Precision) -> O
         "img/s",
         "GFLOP/s",
         "%peak",
+        "%bf16pk",
         "RSS MB",
         "GPU MB",
         "×plain"
@@ -374,12 +417,16 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(Precision) -> O
         let per_image = gflop_per_image(&c.variant, c.input_size) * if c.train { 2.0 } else { 1.0 };
         let gflops = per_image * r.per_second();
         // N ranks have N times the one process's ceiling.
-        let of_peak = peak_gflops(c.precision)
-            .map(|p| format!("{:.1}", 100.0 * gflops / (p * c.ranks as f64)))
-            .unwrap_or_else(|| "-".into());
+        let share = |p: Precision| {
+            peak_gflops(p)
+                .filter(|p| *p > 0.0)
+                .map(|p| format!("{:.1}", 100.0 * gflops / (p * c.ranks as f64)))
+                .unwrap_or_else(|| "-".into())
+        };
+        let (of_peak, of_bf16) = (share(c.precision), share(Precision::Bf16));
         let gpu = r.peak_gpu.map(|g| format!("{:.0}", g as f64 / 1e6)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>8.0} {:>8} {:>6}",
+            "{:<15} {:>4} {:>3} {:>3} {:>22} {:>5} {:>9.4} {:>8.2} {:>9.1} {:>6} {:>7} {:>8.0} {:>8} {:>6}",
             c.variant,
             c.input_size,
             c.sentences,
@@ -390,6 +437,7 @@ pub fn print_table(results: &[BenchResult], peak_gflops: &dyn Fn(Precision) -> O
             r.per_second(),
             gflops,
             of_peak,
+            of_bf16,
             r.peak_rss as f64 / 1e6,
             gpu,
             ratio
