@@ -62,6 +62,11 @@ fn train(mut a: TrainArgs) -> Result<()> {
         Some(p) => initial::with_dropout(model, p)?,
         None => model,
     };
+    if detris::distributed::is_main() {
+        // Counts, and the sentences the model reads otherwise than written (a few examples).
+        let known = model.known_token_ids.as_deref();
+        detris::data::preflight::training_notes(&data, model.config.word_len, known)?.iter().for_each(|l| eprintln!("{l}"));
+    }
     let mut trainer = Trainer::new(model, plan.options(data, precision.resolve(device).precision), &plan.out)?;
     trainer.progress_bar = std::env::var_os("DETRIS_NO_PROGRESS").is_none();
     let last = trainer.last_path();
@@ -89,7 +94,7 @@ fn train(mut a: TrainArgs) -> Result<()> {
     if let Some(best) = trainer.state.best_miou {
         eprintln!(
             "best {} mIoU {:.4} at epoch {} → {}",
-            trainer.opts.data.val_split,
+            trainer.opts.data.val_label(),
             best,
             trainer.state.best_epoch.unwrap_or(0),
             trainer.best_path().display()

@@ -136,7 +136,7 @@ impl Trainer {
             o.data.describe(),
             train.len(),
             s.batch_size,
-            o.data.val_split
+            o.data.val_label()
         ));
         while self.state.epoch < self.opts.schedule.epochs {
             let totals = self.train_epoch(&train, per_epoch, &mut precision, log)?;
@@ -244,7 +244,7 @@ impl Trainer {
             val_miou: val.as_ref().map(|v| v.miou),
             val_oiou: val.as_ref().map(|v| v.oiou),
             val_prec: val.as_ref().map(|v| prec_by_label(v).into_iter().collect()),
-            val_split: self.opts.data.val_split.clone(),
+            val_split: self.opts.data.val_label(),
         };
         if is_main() {
             record.append_to(&self.out.join("metrics.jsonl"))?;
@@ -268,7 +268,7 @@ impl Trainer {
             epoch + 1,
             totals.mean_loss().unwrap_or(f64::NAN),
             self.opt.lr,
-            self.opts.data.val_split,
+            self.opts.data.val_label(),
             if improved { " (best)" } else { "" }
         ));
         if is_main() {
@@ -290,7 +290,7 @@ impl Trainer {
                 limit: (o.val_limit > 0).then_some(o.val_limit),
                 batch_size: o.recipe.batch_size_val,
                 workers: o.workers,
-                ..crate::eval::EvalRequest::new(o.data.source.clone(), &o.data.val_split)
+                ..crate::eval::EvalRequest::of(o.data.val.clone())
             },
         )?;
         Ok(Some(eval.summary))
@@ -307,8 +307,7 @@ impl Trainer {
             .map(|(_, v)| v.shallow_clone())
             .collect();
         let identity = RunIdentity { options: &self.opts, resume_at_step: self.state.global_step };
-        let anns = self.opts.data.source.root.join("anns").join(&self.opts.data.source.dataset);
-        let files = [&self.opts.data.train_split, &self.opts.data.val_split].map(|s| anns.join(format!("{s}.json")));
+        let files = self.opts.data.list_files();
         crate::distributed::start_training(&vars, &shared, &serde_json::to_value(identity)?, &files)
     }
 }
