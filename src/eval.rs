@@ -14,7 +14,7 @@ use detris_io::metrics::{Metrics, Summary};
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
-use crate::data::{batch_tensors, DataSource, SplitRead};
+use crate::data::{batch_tensors, DataSource, SplitRead, SplitSource};
 use crate::model::{Ctx, Detris};
 use crate::segment::logits_to_prob;
 
@@ -72,13 +72,14 @@ impl Default for EvalOutputs {
     }
 }
 
-/// What to evaluate and how. [`EvalRequest::new`] gives the official test: every sentence of
-/// the split, the official threshold, nothing written; change the rest with struct update
-/// syntax (`EvalRequest { mode: Mode::Val, ..EvalRequest::new(data, "val") }`).
+/// What to evaluate and how. [`EvalRequest::new`] (a prepared split) and [`EvalRequest::of`]
+/// (any [`SplitSource`], e.g. a manifest) give the official test: every sentence of the split,
+/// the official threshold, nothing written; change the rest with struct update syntax
+/// (`EvalRequest { mode: Mode::Val, ..EvalRequest::new(data, "val") }`).
 #[derive(Clone, Debug)]
 pub struct EvalRequest {
-    pub data: DataSource,
-    pub split: String,
+    /// The refs: a split of the prepared layout or a manifest.
+    pub data: SplitSource,
     /// Test: every sentence; Val: the first sentence of each ref (the validation during training).
     pub mode: Mode,
     /// Only the first this many refs (`None`: all).
@@ -92,11 +93,15 @@ pub struct EvalRequest {
 }
 
 impl EvalRequest {
-    /// Every sentence of `split`, 8 per batch, one loader thread, the default [`EvalOutputs`].
+    /// Every sentence of `split` of a prepared data set ([`EvalRequest::of`]).
     pub fn new(data: DataSource, split: impl Into<String>) -> EvalRequest {
+        EvalRequest::of(data.split(split))
+    }
+
+    /// Every sentence of `data`, 8 per batch, one loader thread, the default [`EvalOutputs`].
+    pub fn of(data: SplitSource) -> EvalRequest {
         EvalRequest {
             data,
-            split: split.into(),
             mode: Mode::Test,
             limit: None,
             batch_size: 8,
@@ -132,16 +137,15 @@ impl SentenceCounts {
     }
 }
 
-/// Evaluates one split of a data set (see [`EvalRequest`]).
+/// Evaluates one split (see [`EvalRequest`]).
 pub fn evaluate(model: &Detris, request: &EvalRequest) -> Result<EvalReport> {
     let started = Instant::now();
-    let (split, outputs) = (&request.split, &request.outputs);
+    let (split, outputs) = (&request.data.label(), &request.outputs);
     // Data-parallel: each rank takes every world-th sentence, in batches of
     // batch / world; the counts are gathered so that each sentence counts once.
     let (rank, world) = crate::distributed::rank_and_size();
     let batch = if world > 1 { (request.batch_size / world).max(1) } else { request.batch_size };
     let read = SplitRead {
-        split: split.clone(),
         mode: request.mode,
         batch_size: batch,
         workers: request.workers,
@@ -193,7 +197,7 @@ pub fn evaluate(model: &Detris, request: &EvalRequest) -> Result<EvalReport> {
         resized_masks.dedup();
     }
     Ok(EvalReport {
-        dataset: request.data.dataset.clone(),
+        dataset: request.data.dataset(),
         split: split.clone(),
         summary: metrics.summary(),
         resized_masks,

@@ -1,5 +1,6 @@
 //! `detris bench`: the options and the report; [`measure`] runs the cases.
 
+mod loader;
 mod measure;
 
 use anyhow::Result;
@@ -72,6 +73,12 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also time the training data loader over this manifest: its opening, its memory and
+    /// samples/s at --size with --loader-workers threads (alone, --infer false).
+    #[arg(long, value_name = "MANIFEST")]
+    loader: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    loader_workers: usize,
     /// Internal: run one case (JSON) in this process and print its result.
     #[arg(long, hide = true)]
     one: Option<String>,
@@ -90,6 +97,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if a.runs == 0 || a.rounds == 0 {
         return Err(super::usage("--runs and --rounds must be at least 1"));
+    }
+    if let Some(manifest) = &a.loader {
+        loader::run(manifest, a.size, a.loader_workers, a.train_batch, 8)?;
+        if !a.infer && !a.train {
+            return Ok(());
+        }
     }
     if !a.infer && !a.train {
         return Err(super::usage("nothing to measure: --infer false needs --train"));

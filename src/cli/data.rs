@@ -1,3 +1,5 @@
+mod check;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -60,6 +62,10 @@ enum DataCommand {
         #[arg(long, requires = "mixed")]
         exclude_eval_images: bool,
     },
+    /// Check a manifest (PATH) or a prepared split (--data --split): counts, bad lines with
+    /// their numbers, photo sizes, mask areas, sentences cut at the model's word length, words
+    /// outside its vocabulary, duplicate ids, and with --val the photos both sides share.
+    Check(Box<check::CheckArgs>),
 }
 
 pub fn run(a: DataArgs) -> Result<()> {
@@ -92,6 +98,7 @@ pub fn run(a: DataArgs) -> Result<()> {
                 println!("{report:#?}");
             }
         }
+        DataCommand::Check(args) => check::run(*args)?,
     }
     Ok(())
 }

@@ -2,11 +2,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use detris::data::DataSource;
+use detris::data::{DataSource, SplitSource};
 use detris::eval::{evaluate, table, EvalOutputs, EvalRequest};
 use detris_io::data::loader::Mode;
 
-use super::model_args::{InferencePrecision, ModelArgs};
+use super::model_args::{InferencePrecision, ModelArgs, TestYaml};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -14,14 +14,21 @@ pub struct EvalArgs {
     model: ModelArgs,
     #[command(flatten)]
     precision: InferencePrecision,
-    /// Root of the prepared layout (anns/, masks/, images/train2014/).
+    #[command(flatten)]
+    yaml: TestYaml,
+    /// Root of the prepared layout (anns/, masks/, images/train2014/) [YAML: mask_root/../..].
+    #[arg(long, required_unless_present_any = ["manifest", "yaml"])]
+    data: Option<PathBuf>,
+    /// [default: refcoco; YAML: dataset]
     #[arg(long)]
-    data: PathBuf,
-    #[arg(long, default_value = "refcoco")]
-    dataset: String,
-    /// Splits to evaluate, e.g. val,testA,testB.
-    #[arg(long, value_delimiter = ',', default_value = "val")]
-    split: Vec<String>,
+    dataset: Option<String>,
+    /// Splits to evaluate, e.g. val,testA,testB [default: val; YAML: test_split].
+    #[arg(long, value_delimiter = ',')]
+    split: Option<Vec<String>>,
+    /// Evaluate the refs of a JSON Lines manifest instead (each line: image, sentences and
+    /// mask, mask_rle or mask_polygons; lines without a ground truth are reported and left out).
+    #[arg(long, conflicts_with_all = ["data", "dataset", "split"])]
+    manifest: Option<PathBuf>,
     /// Evaluate only the first N refs of each split (0 = all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
@@ -87,21 +94,32 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
             a.batch_size % world
         )));
     }
-    if !a.data.is_dir() {
-        return Err(super::usage(format!("--data {}: no such folder", a.data.display())));
+    let yaml = a.yaml.apply(&mut a.model)?;
+    let sources = sources(&a, yaml.as_ref())?;
+    if let (None, Some(y)) = (&a.outputs.visualize, &yaml) {
+        // test.py --config with visualize: True writes into <output_dir>/vis.
+        a.outputs.visualize = y.bool("visualize").filter(|&v| v).and_then(|_| y.output_dir()).map(|d| d.join("vis"));
     }
     let model = a.model.load_in(a.precision.precision)?;
     let mut reports = Vec::new();
-    let data = DataSource::new(&a.data, &a.dataset);
-    for split in &a.split {
+    for source in sources {
+        let split = source.label();
+        if let SplitSource::Manifest { manifest } = &source {
+            let bad = detris_io::data::manifest::ManifestIndex::open(manifest, true)?.bad_lines().to_vec();
+            for line in bad.iter().take(5) {
+                eprintln!("warning: {}: {line} (left out)", manifest.display());
+            }
+            if bad.len() > 5 {
+                eprintln!("warning: {}: {} lines left out in all (`detris data check` lists them)", manifest.display(), bad.len());
+            }
+        }
         let request = EvalRequest {
-            data: data.clone(),
-            split: split.clone(),
             mode: Mode::Test,
             limit: (a.limit > 0).then_some(a.limit),
             batch_size: a.batch_size,
             workers: a.workers,
-            outputs: a.outputs.for_split(split, a.overlays.as_ref().map(|d| d.join(split))),
+            outputs: a.outputs.for_split(&split, a.overlays.as_ref().map(|d| d.join(&split))),
+            ..EvalRequest::of(source)
         };
         let r = evaluate(&model, &request)?;
         if !r.resized_masks.is_empty() {
@@ -127,4 +145,24 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     std::fs::write(&records, lines).with_context(|| format!("{}: cannot write", records.display()))?;
     eprintln!("metrics written to {}, one record per sentence to {}", a.json.display(), records.display());
     Ok(())
+}
+
+/// What to evaluate: the manifest, or the splits of the prepared data set (flags, then the
+/// YAML's `mask_root`, `dataset` and `test_split`, then refcoco/val).
+fn sources(a: &EvalArgs, yaml: Option<&detris::train::yaml_config::YamlConfig>) -> Result<Vec<SplitSource>> {
+    if let Some(manifest) = &a.manifest {
+        if !manifest.is_file() {
+            return Err(super::usage(format!("--manifest {}: no such file", manifest.display())));
+        }
+        return Ok(vec![SplitSource::manifest(manifest)]);
+    }
+    let root = a.data.clone().or_else(|| yaml.and_then(|y| y.data_root()));
+    let root = root.ok_or_else(|| super::usage("--data is required (the YAML has no mask_root)"))?;
+    if !root.is_dir() {
+        return Err(super::usage(format!("--data {}: no such folder", root.display())));
+    }
+    let dataset = a.dataset.clone().or_else(|| yaml.and_then(|y| y.string("dataset"))).unwrap_or_else(|| "refcoco".into());
+    let splits = a.split.clone().or_else(|| yaml.and_then(|y| y.string("test_split")).map(|s| vec![s]));
+    let data = DataSource::new(root, dataset);
+    Ok(splits.unwrap_or_else(|| vec!["val".into()]).into_iter().map(|s| data.split(s)).collect())
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use detris::device::{DeviceArg, Precision};
 use detris::weights::{self, ConfigChoice, WeightFiles};
+use detris::train::yaml_config::YamlConfig;
 use detris::Detris;
 
 #[derive(Args, Clone, Debug)]
@@ -38,6 +39,38 @@ pub struct ModelArgs {
     /// A config built by the command itself (from an official YAML file).
     #[arg(skip)]
     pub inline: Option<detris::DetrisConfig>,
+    /// An input size set by the command itself (an official YAML's `input_size`).
+    #[arg(skip)]
+    pub input_size: Option<usize>,
+}
+
+/// `--yaml` of the commands that run a trained model (eval, segment, serve).
+#[derive(Args, Clone, Debug)]
+pub struct TestYaml {
+    /// An official DETRIS YAML config, read as the official `test.py --config` reads it:
+    /// its input_size and word_len (--word-len wins); with no --checkpoint, the weights
+    /// test.py loads (<output_folder>/<exp_name>/best_model.pth, built from the config's
+    /// model) when that file exists. eval also takes its test_split, dataset, data root
+    /// (mask_root) and visualize (into <output_folder>/<exp_name>/vis).
+    #[arg(long)]
+    pub yaml: Option<PathBuf>,
+}
+
+impl TestYaml {
+    /// The config file, read (unknown keys and bad values are usage errors).
+    pub fn read(&self) -> Result<Option<YamlConfig>> {
+        let Some(path) = &self.yaml else { return Ok(None) };
+        YamlConfig::read(path).map(Some).map_err(|e| super::usage(format!("--yaml: {e:#}")))
+    }
+
+    /// Reads the config and applies its model part to `model` (see [`ModelArgs::apply_yaml`]).
+    pub fn apply(&self, model: &mut ModelArgs) -> Result<Option<YamlConfig>> {
+        let y = self.read()?;
+        if let Some(y) = &y {
+            model.apply_yaml(y)?;
+        }
+        Ok(y)
+    }
 }
 
 /// `--precision` of the commands that only run the model forward.
@@ -63,8 +96,25 @@ impl ModelArgs {
             config: self.config.clone(),
             variant: self.variant.clone(),
             word_len: self.word_len,
-            input_size: None,
+            input_size: self.input_size,
         })
+    }
+
+    /// What the official `test.py --config` takes of a YAML for the model: `input_size` and
+    /// `word_len` (an option given here wins), and, without `--checkpoint`, its run's
+    /// `best_model.pth` with the config's model when that file exists.
+    pub fn apply_yaml(&mut self, y: &YamlConfig) -> Result<()> {
+        self.input_size = self.input_size.or(y.usize("input_size"));
+        self.word_len = self.word_len.or(y.usize("word_len"));
+        let best = y.output_dir().map(|d| d.join("best_model.pth")).filter(|p| p.is_file());
+        if let (None, Some(best)) = (&self.checkpoint, best) {
+            eprintln!("--yaml: the weights are {} (as test.py loads them)", best.display());
+            self.checkpoint = Some(best);
+            if self.config.is_none() && self.variant.is_none() {
+                self.inline = Some(y.model_config().map_err(|e| super::usage(format!("--yaml: {e:#}")))?);
+            }
+        }
+        Ok(())
     }
 
     /// The model in f32.

@@ -8,7 +8,7 @@ use detris::segment::{check_sentence, Segmenter};
 use detris_io::image::{self, PostPath, THRESHOLD};
 use detris_io::metrics::precision_label;
 
-use super::model_args::{InferencePrecision, ModelArgs};
+use super::model_args::{InferencePrecision, ModelArgs, TestYaml};
 
 #[derive(Args)]
 pub struct SegmentArgs {
@@ -16,6 +16,8 @@ pub struct SegmentArgs {
     model: ModelArgs,
     #[command(flatten)]
     precision: InferencePrecision,
+    #[command(flatten)]
+    yaml: TestYaml,
     /// The photo (JPEG, PNG or WebP).
     #[arg(long, required_unless_present = "manifest", conflicts_with = "manifest")]
     image: Option<PathBuf>,
@@ -71,7 +73,8 @@ struct ManifestArgs {
     abort_after: Option<usize>,
 }
 
-pub fn run(a: SegmentArgs) -> Result<()> {
+pub fn run(mut a: SegmentArgs) -> Result<()> {
+    a.yaml.apply(&mut a.model)?;
     for t in &a.texts {
         check_sentence(t).map_err(|e| super::usage(format!("--text: {e}")))?;
     }

@@ -10,7 +10,7 @@ use clap::Args;
 use detris::serve::{self, Limits, ServeOptions};
 use detris_io::image::PostPath;
 
-use super::model_args::{InferencePrecision, ModelArgs};
+use super::model_args::{InferencePrecision, ModelArgs, TestYaml};
 
 /// The server's limits (each field of [`Limits`] is a flag) and post-processing.
 #[derive(Args, Clone)]
@@ -37,6 +37,8 @@ pub struct ServeArgs {
     model: ModelArgs,
     #[command(flatten)]
     precision: InferencePrecision,
+    #[command(flatten)]
+    yaml: TestYaml,
     /// Address to listen on (port 0: any free port). Use 0.0.0.0:PORT to be reachable from other machines.
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -44,7 +46,8 @@ pub struct ServeArgs {
     limits: LimitArgs,
 }
 
-pub fn run(a: ServeArgs) -> Result<()> {
+pub fn run(mut a: ServeArgs) -> Result<()> {
+    a.yaml.apply(&mut a.model)?;
     let options = a.limits.options(a.bind)?;
     let (model, precision) = (a.model.clone(), a.precision.precision);
     let running = serve::spawn(move || model.load_in(precision), options)?;

@@ -77,6 +77,11 @@ fn train(mut a: TrainArgs) -> Result<()> {
         Some(p) => initial::with_dropout(model, p)?,
         None => model,
     };
+    if main {
+        // Counts, and the sentences the model reads otherwise than written (a few examples).
+        let known = model.known_token_ids.as_deref();
+        detris::data::preflight::training_notes(&data, model.config.word_len, known)?.iter().for_each(|l| say(l));
+    }
     let mut trainer = Trainer::new(model, plan.options(data, precision.resolve(device).precision), &plan.out)?;
     trainer.progress_bar = std::env::var_os("DETRIS_NO_PROGRESS").is_none();
     trainer.train_log = train_log.clone();
@@ -98,20 +103,17 @@ fn train(mut a: TrainArgs) -> Result<()> {
     if let Some((from, flag)) = resume {
         // With --resume every rank reads rank 0's checkpoint (one folder: shared by the ranks).
         trainer.resume_from(&from).with_context(|| format!("{flag} {}", from.display()))?;
-        if detris::distributed::is_main() {
+        if main {
             say(&format!("resuming at epoch {}, step {}", trainer.state.epoch + 1, trainer.state.global_step));
         }
     }
     let run = trainer.run(&mut |line| eprintln!("{line}"));
-    if let Err(e) = &run {
-        train_log.iter().for_each(|t| t.line(&format!("Error: {e:#}")));
-    }
-    run?;
-    if !detris::distributed::is_main() {
+    run.inspect_err(|e| train_log.iter().for_each(|t| t.line(&format!("Error: {e:#}"))))?;
+    if !main {
         return Ok(()); // rank 0 reports
     }
     if let Some(best) = trainer.state.best_miou {
-        let (split, epoch) = (&trainer.opts.data.val_split, trainer.state.best_epoch.unwrap_or(0));
+        let (split, epoch) = (trainer.opts.data.val_label(), trainer.state.best_epoch.unwrap_or(0));
         say(&format!("best {split} mIoU {best:.4} at epoch {epoch} → {}", trainer.best_path().display()));
     }
     Ok(())

@@ -13,7 +13,7 @@ use super::recipe::{
 };
 use super::run_folder::Claim;
 use super::yaml_config::YamlConfig;
-use crate::data::{DataSource, DataSpec};
+use crate::data::{DataSource, DataSpec, HeldOutSide, SplitSource};
 use crate::device::Precision;
 use crate::weights::{ConfigChoice, WeightFiles};
 
@@ -69,6 +69,17 @@ pub struct TrainRequest {
     /// [default: refcoco; YAML: dataset]
     #[arg(long)]
     pub dataset: Option<String>,
+    /// Train on a JSON Lines manifest of one's own data (each line: image, sentences and
+    /// mask, mask_rle or mask_polygons; paths relative to the manifest) instead of --data.
+    #[arg(long, conflicts_with_all = ["data", "dataset", "train_split"])]
+    pub manifest: Option<PathBuf>,
+    /// With --manifest: validate (and choose `best`) on this manifest.
+    #[arg(long, requires = "manifest", conflicts_with = "val_split")]
+    pub val_manifest: Option<PathBuf>,
+    /// With --manifest and no --val-manifest: validate on this fraction of its photos, split
+    /// off deterministically by photo path (no photo on both sides) [default: 0.1].
+    #[arg(long, requires = "manifest", conflicts_with_all = ["val_manifest", "val_split"])]
+    pub val_fraction: Option<f64>,
     /// [default: train; YAML: train_split]
     #[arg(long)]
     pub train_split: Option<String>,
@@ -252,7 +263,9 @@ impl RunPlan {
             "yaml": self.request.yaml, "model": model,
             "weights": {"checkpoint": w.checkpoint, "dinov2": w.dinov2, "clip": w.clip},
             "data": {"root": self.data, "dataset": self.dataset, "train_split": self.train_split,
-                     "val_split": self.val_split, "test_split": self.test_split},
+                     "val_split": self.val_split, "test_split": self.test_split,
+                     "manifest": self.request.manifest, "val_manifest": self.request.val_manifest,
+                     "val_fraction": self.request.val_fraction},
             "recipe": {"epochs": s.epochs, "milestones": s.milestones, "base_lr": s.base_lr, "lr_decay": s.lr_decay,
                        "lr_groups": {"backbone": s.base_lr * self.recipe.lr_multi, "head": s.base_lr},
                        "batch_size": s.batch_size, "seed": s.seed, "precision": self.request.precision,
@@ -265,7 +278,6 @@ impl RunPlan {
     /// Checks what training needs beyond the plan itself (a data folder, a
     /// batch that divides over `world` ranks); returns the data to train on.
     pub fn data_spec(&self, world: usize) -> Result<DataSpec> {
-        let root = self.data.clone().ok_or_else(|| bad("--data is required (or --yaml with mask_root)"))?;
         let batch_size = self.schedule.batch_size;
         if batch_size == 0 || self.schedule.epochs == 0 {
             return Err(bad("--batch-size and --epochs must be at least 1"));
@@ -276,6 +288,10 @@ impl RunPlan {
                 batch_size % world
             )));
         }
+        if let Some(manifest) = &self.request.manifest {
+            return manifest_spec(manifest, self.request.val_manifest.as_deref(), self.request.val_fraction);
+        }
+        let root = self.data.clone().ok_or_else(|| bad("--data or --manifest is required (or --yaml with mask_root)"))?;
         if !root.is_dir() {
             return Err(bad(format!(
                 "--data {}: no such folder (the official configs' *_lmdb files are not read: give the root of \
@@ -285,7 +301,7 @@ impl RunPlan {
         }
         let (dataset, train_split, val_split) =
             (self.dataset.clone(), self.train_split.clone(), self.val_split.clone());
-        Ok(DataSpec { source: DataSource::new(root, dataset), train_split, val_split })
+        Ok(DataSpec::prepared(&DataSource::new(root, dataset), train_split, val_split))
     }
 
     /// What the run may do with its folder: continue the run in it (`--resume`,
@@ -322,4 +338,30 @@ impl RunPlan {
             max_bad_samples: r.max_bad_samples,
         }
     }
+}
+
+/// The validation fraction of `--manifest` without `--val-manifest` or `--val-fraction`.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
+
+/// The seed of the split by photo: fixed, so that runs with other `--seed`s validate on the
+/// same photos.
+pub const HELD_OUT_SEED: u64 = 0;
+
+/// `--manifest` with `--val-manifest`, or split by photo (`--val-fraction`).
+fn manifest_spec(manifest: &std::path::Path, val: Option<&std::path::Path>, fraction: Option<f64>) -> Result<DataSpec> {
+    for (flag, path) in [("--manifest", Some(manifest)), ("--val-manifest", val)] {
+        if let Some(path) = path.filter(|p| !p.is_file()) {
+            return Err(bad(format!("{flag} {}: no such file", path.display())));
+        }
+    }
+    if let Some(val) = val {
+        return Ok(DataSpec { train: SplitSource::manifest(manifest), val: SplitSource::manifest(val) });
+    }
+    let val_fraction = fraction.unwrap_or(DEFAULT_VAL_FRACTION);
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        return Err(bad(format!("--val-fraction {val_fraction}: give a fraction between 0 and 1")));
+    }
+    let side =
+        |side| SplitSource::HeldOut { manifest: manifest.to_path_buf(), val_fraction, seed: HELD_OUT_SEED, side };
+    Ok(DataSpec { train: side(HeldOutSide::Train), val: side(HeldOutSide::Val) })
 }

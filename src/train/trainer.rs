@@ -181,7 +181,7 @@ impl Trainer {
             1 => format!("{steps_per_epoch} batches of {} per epoch", s.batch_size),
             _ => format!("{steps_per_epoch} steps of {n} batches of {} per epoch", s.batch_size),
         };
-        let (name, data, val_split) = (&self.model.config.name, o.data.describe(), &o.data.val_split);
+        let (name, data, val_split) = (&self.model.config.name, o.data.describe(), o.data.val_label());
         log(&format!(
             "training {name} on {data} ({} refs, {per_epoch}), best checkpoint chosen on `{val_split}`",
             train.len()
@@ -394,7 +394,7 @@ impl Trainer {
             val_miou: val.as_ref().map(|v| v.miou),
             val_oiou: val.as_ref().map(|v| v.oiou),
             val_prec: val.as_ref().map(|v| prec_by_label(v).into_iter().collect()),
-            val_split: self.opts.data.val_split.clone(),
+            val_split: self.opts.data.val_label(),
         };
         if is_main() {
             MetricsLine::Epoch(&record).append_to(&self.out.join("metrics.jsonl"))?;
@@ -422,7 +422,7 @@ impl Trainer {
             epoch + 1,
             totals.mean_loss().unwrap_or(f64::NAN),
             self.opt.lr,
-            self.opts.data.val_split,
+            self.opts.data.val_label(),
             if improved { " (best)" } else { "" }
         ));
         if is_main() {
@@ -444,7 +444,7 @@ impl Trainer {
                 limit: (o.val_limit > 0).then_some(o.val_limit),
                 batch_size: o.recipe.batch_size_val,
                 workers: o.workers,
-                ..crate::eval::EvalRequest::new(o.data.source.clone(), &o.data.val_split)
+                ..crate::eval::EvalRequest::of(o.data.val.clone())
             },
         )?;
         Ok(Some(eval.summary))
@@ -461,8 +461,7 @@ impl Trainer {
             .map(|(_, v)| v.shallow_clone())
             .collect();
         let identity = RunIdentity { options: &self.opts, resume_at_step: self.state.global_step };
-        let anns = self.opts.data.source.root.join("anns").join(&self.opts.data.source.dataset);
-        let files = [&self.opts.data.train_split, &self.opts.data.val_split].map(|s| anns.join(format!("{s}.json")));
+        let files = self.opts.data.list_files();
         crate::distributed::start_training(&vars, &shared, &serde_json::to_value(identity)?, &files)
     }
 }

@@ -103,8 +103,7 @@ mod tests {
         let trainable = model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         let mut opt = Adam::official(trainable, &Recipe::default().adam_options(1e-4));
         opt.step = 7;
-        let data =
-            DataSpec { source: crate::data::DataSource::new("d", "s"), train_split: "t".into(), val_split: "v".into() };
+        let data = DataSpec::prepared(&crate::data::DataSource::new("d", "s"), "t", "v");
         let options = TrainOptions {
             data,
             schedule: Schedule::default(),
