@@ -34,7 +34,7 @@ D eval --manifest "$WORK/data/test.jsonl" --checkpoint "$SHIPPED" "${CPU[@]}" --
 # 4. Fine-tune the shipped model from the manifests (the official recipe: only the
 #    adapters, neck, decoder and projector train; the backbones stay frozen).
 D train --checkpoint "$SHIPPED" --manifest "$WORK/data/train.jsonl" --val-manifest "$WORK/data/val.jsonl" \
-    --epochs 3 --lr 5e-4 --batch-size 16 --seed 7 --workers 1 "${CPU[@]}" --out "$WORK/run"
+    --epochs 4 --lr 1.5e-4 --batch-size 16 --seed 7 --workers 1 "${CPU[@]}" --out "$WORK/run"
 
 # 5. After: the fine-tuned file on the same test manifest.
 D eval --manifest "$WORK/data/test.jsonl" --checkpoint "$WORK/run/best.safetensors" "${CPU[@]}" \
