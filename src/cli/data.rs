@@ -14,10 +14,21 @@ pub struct DataArgs {
 
 #[derive(Subcommand)]
 enum DataCommand {
-    /// Write a synthetic referring data set (REFER and prepared layouts).
+    /// Write a synthetic referring data set (REFER and prepared layouts, or
+    /// manifests with --manifest-out).
     Synth {
-        #[arg(long)]
-        out: PathBuf,
+        /// Folder of the REFER and prepared layouts.
+        #[arg(long, required_unless_present = "manifest_out", conflicts_with = "manifest_out")]
+        out: Option<PathBuf>,
+        /// Write the data set as one's own data instead: DIR/{train,val,test}.jsonl
+        /// manifests, photos in DIR/images, masks in DIR/masks.
+        #[arg(long, value_name = "DIR")]
+        manifest_out: Option<PathBuf>,
+        /// The look of the pictures: plain (the shipped model's training look) or
+        /// photo (a new domain: non-square JPEG photos, textured backgrounds, colour
+        /// cast, uneven light, blur, noise); --size is then the long side.
+        #[arg(long, default_value = "plain")]
+        style: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Pictures in all (80% train, 10% val, 10% test).
@@ -70,7 +81,8 @@ enum DataCommand {
 
 pub fn run(a: DataArgs) -> Result<()> {
     match a.command {
-        DataCommand::Synth { out, seed, images, test_seed, size } => {
+        DataCommand::Synth { out, manifest_out, style, seed, images, test_seed, size } => {
+            let style = synth::Style::parse(&style).map_err(|e| super::usage(e.to_string()))?;
             let mut opts = SynthOptions::new(seed, images);
             if let Some(t) = test_seed {
                 opts.test_seed = t;
@@ -78,7 +90,12 @@ pub fn run(a: DataArgs) -> Result<()> {
             if let Some(s) = size {
                 opts.image_size = ImageSize::Fixed { width: s, height: s };
             }
-            let report = synth::generate(&out, &opts).map_err(|e| super::usage(e.to_string()))?;
+            let usage = |e: detris_io::Error| super::usage(e.to_string());
+            let report = match (out, manifest_out) {
+                (Some(out), _) => serde_json::to_value(synth::generate_styled(&out, &opts, style).map_err(usage)?)?,
+                (None, Some(dir)) => serde_json::to_value(synth::generate_manifest(&dir, &opts, style).map_err(usage)?)?,
+                (None, None) => return Err(super::usage("give --out or --manifest-out")),
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         DataCommand::Prepare { refer, dataset, split_by, out, mixed, exclude_eval_images } => {

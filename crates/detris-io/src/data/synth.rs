@@ -22,14 +22,16 @@
 //! `test_seed`) does not change with `seed`.
 
 pub mod expr;
+mod manifest_out;
 pub mod scene;
+pub mod style;
 #[cfg(test)]
 mod tests;
 
 use crate::error::{Error, Result};
 use crate::pickle::writer::{to_pickle, PickleValue};
 use expr::Expression;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use scene::{Rendered, Scene};
@@ -38,6 +40,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use expr::VOCABULARY;
+pub use manifest_out::{generate_manifest, ManifestReport};
+pub use style::Style;
 
 /// Data set name (folder under `anns/`, `masks/` and the REFER root).
 pub const DATASET: &str = "synth";
@@ -166,6 +170,11 @@ const CHUNK: usize = 64;
 
 /// Writes the synthetic data set under `out` (see the module docs).
 pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
+    generate_styled(out, opts, Style::Plain)
+}
+
+/// [`generate`] with the pictures in `style` (`plain` is [`generate`]'s look).
+pub fn generate_styled(out: &Path, opts: &SynthOptions, style: Style) -> Result<SynthReport> {
     opts.check()?;
     let refer_dir = out.join(DATASET);
     let image_dir = out.join("images").join("train2014");
@@ -175,21 +184,16 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
 
-    let splits = [
-        ("train", opts.seed, 0u64, opts.train_images),
-        ("val", opts.seed, 1, opts.val_images),
-        ("test", opts.test_seed, 2, opts.test_images),
-    ];
     let mut files = Files::default();
     let mut report = SynthReport { refer_dir: refer_dir.clone(), splits: Vec::new(), kinds: BTreeMap::new() };
-    for (split, seed, tag, count) in splits {
+    for (split, seed, tag, count) in split_streams(opts) {
         let mut split_report =
             SplitReport { split: split.into(), images: 0, refs: 0, sentences: 0, sentences_with_shared_attribute: 0 };
         let mut prepared = Vec::new();
         for start in (0..count).step_by(CHUNK) {
             let pictures: Vec<Picture> = (start..(start + CHUNK).min(count))
                 .into_par_iter()
-                .map(|index| Picture::make(seed, tag, index as u64, opts))
+                .map(|index| Picture::make(seed, tag, index as u64, opts, style))
                 .collect::<Result<_>>()?;
             for picture in pictures {
                 files.add(
@@ -210,10 +214,21 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
     Ok(report)
 }
 
+/// (split, stream seed, split tag, pictures) of the three splits.
+fn split_streams(opts: &SynthOptions) -> [(&'static str, u64, u64, usize); 3] {
+    [
+        ("train", opts.seed, 0u64, opts.train_images),
+        ("val", opts.seed, 1, opts.val_images),
+        ("test", opts.test_seed, 2, opts.test_images),
+    ]
+}
+
 /// One generated picture, encoded, before ids are given out.
 struct Picture {
     scene: Scene,
-    png: Vec<u8>,
+    /// The encoded photo, a file of `extension`.
+    photo: Vec<u8>,
+    extension: &'static str,
     /// Per object: its exact mask (row-major 0/1).
     masks: Vec<Vec<u8>>,
     /// Referred objects with their expressions.
@@ -221,16 +236,16 @@ struct Picture {
 }
 
 impl Picture {
-    fn make(seed: u64, tag: u64, index: u64, opts: &SynthOptions) -> Result<Picture> {
+    fn make(seed: u64, tag: u64, index: u64, opts: &SynthOptions, style: Style) -> Result<Picture> {
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&seed.to_le_bytes());
         key[8..16].copy_from_slice(&tag.to_le_bytes());
         key[16..24].copy_from_slice(&index.to_le_bytes());
         let mut rng = ChaCha8Rng::from_seed(key);
-        let (width, height) = match opts.image_size {
-            ImageSize::Fixed { width, height } => (width, height),
-            ImageSize::Varied { min, max } => (rng.gen_range(min..=max), rng.gen_range(min..=max)),
-        };
+        // The look has its own stream, so a style never shifts the draws of the scene's.
+        key[24] = 1;
+        let mut look = ChaCha8Rng::from_seed(key);
+        let (width, height) = style.picture_size(opts.image_size, &mut rng, &mut look);
         let scene = Scene::sample(&mut rng, width, height);
         let rendered: Rendered = scene.render();
         let masks = (0..scene.objects.len()).map(|i| rendered.mask(i)).collect();
@@ -248,8 +263,8 @@ impl Picture {
             }
         }
         refs.sort_by_key(|&(target, _)| target);
-        let png = encode_png(&rendered.rgb, width, height, png::ColorType::Rgb)?;
-        Ok(Picture { scene, png, masks, refs })
+        let photo = style.encode(&rendered, &mut look)?;
+        Ok(Picture { scene, photo, extension: style.extension(), masks, refs })
     }
 }
 
@@ -295,11 +310,11 @@ impl Files {
         kinds: &mut BTreeMap<String, usize>,
         prepared: &mut Vec<PreparedRef>,
     ) -> Result<()> {
-        let Picture { scene, png, masks, refs } = picture;
+        let Picture { scene, photo, extension, masks, refs } = picture;
         let image_id = self.images.len() as i64 + 1;
-        let file_name = format!("{DATASET}_{image_id:06}.png");
+        let file_name = format!("{DATASET}_{image_id:06}.{extension}");
         let (w, h) = (scene.width, scene.height);
-        write_bytes(&image_dir.join(&file_name), &png)?;
+        write_bytes(&image_dir.join(&file_name), &photo)?;
         self.images.push(serde_json::json!({
             "id": image_id, "file_name": file_name, "height": h, "width": w,
         }));
@@ -325,11 +340,7 @@ impl Files {
         report.images += 1;
         for (target, expressions) in refs {
             let object = &scene.objects[target];
-            let shares = scene
-                .objects
-                .iter()
-                .enumerate()
-                .any(|(j, o)| j != target && (o.colour == object.colour || o.shape == object.shape));
+            let shares = shares_attribute(&scene, target);
             let ref_id = self.next_ref_id;
             self.next_ref_id += 1;
             let ann_id = first_ann_id + target as i64;
@@ -405,6 +416,12 @@ impl Files {
         write_json(&refer_dir.join("scenes.json"), &self.scenes)?;
         write_bytes(&refer_dir.join(format!("refs({SPLIT_BY}).p")), &to_pickle(&PickleValue::List(self.refs)))
     }
+}
+
+/// Whether object `target` shares its colour or its shape with another object of the scene.
+fn shares_attribute(scene: &Scene, target: usize) -> bool {
+    let object = &scene.objects[target];
+    scene.objects.iter().enumerate().any(|(j, o)| j != target && (o.colour == object.colour || o.shape == object.shape))
 }
 
 /// COCO `[x, y, w, h]` of the mask's pixels (pycocotools `toBbox`); zeros when empty.
