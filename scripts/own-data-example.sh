@@ -8,6 +8,8 @@
 # photo`: non-square JPEGs, textured backgrounds, colour cast, uneven light,
 # blur, noise). Replace step 1 by your own manifests to tune on your data.
 # Usage: scripts/own-data-example.sh [WORK_DIR]
+#   IMAGES, SIZE, EPOCHS (environment) make it larger: the README's figures
+#   come from the defaults and from IMAGES=1000 SIZE=168.
 # One intra-op thread: on a busy 2-core machine OpenMP's spinning threads can
 # make a step far slower with 2 threads than with 1 (see train-shipped.sh).
 set -euo pipefail
@@ -21,7 +23,7 @@ mkdir -p "$WORK"
 # 1. The data: train/val/test manifests in $WORK/data (photos in images/, masks in masks/).
 #    The test split has its own seed, so it shares no photo with train and val.
 D data synth --manifest-out "$WORK/data" --style photo --seed 7 --test-seed 12345 \
-    --images 400 --size 112 > "$WORK/data.json"
+    --images "${IMAGES:-400}" --size "${SIZE:-112}" > "$WORK/data.json"
 
 # 2. Check it: counts, bad lines, photo sizes, mask areas, words outside the
 #    shipped model's 42-token vocabulary, photos shared between train and val.
@@ -34,7 +36,7 @@ D eval --manifest "$WORK/data/test.jsonl" --checkpoint "$SHIPPED" "${CPU[@]}" --
 # 4. Fine-tune the shipped model from the manifests (the official recipe: only the
 #    adapters, neck, decoder and projector train; the backbones stay frozen).
 D train --checkpoint "$SHIPPED" --manifest "$WORK/data/train.jsonl" --val-manifest "$WORK/data/val.jsonl" \
-    --epochs 4 --lr 1.5e-4 --batch-size 16 --seed 7 --workers 1 "${CPU[@]}" --out "$WORK/run"
+    --epochs "${EPOCHS:-4}" --lr 1.5e-4 --batch-size 16 --seed 7 --workers 1 "${CPU[@]}" --out "$WORK/run"
 
 # 5. After: the fine-tuned file on the same test manifest.
 D eval --manifest "$WORK/data/test.jsonl" --checkpoint "$WORK/run/best.safetensors" "${CPU[@]}" \
