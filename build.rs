@@ -31,6 +31,8 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }
+    // The exception guard both C++ shims include.
+    println!("cargo:rerun-if-changed=src/shim_guard.h");
     build_c10d_shim(&libtorch);
     build_onednn_shim(&libtorch);
 }

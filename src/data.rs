@@ -48,12 +48,23 @@ pub enum HeldOutSide {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum SplitSource {
-    Prepared { root: PathBuf, dataset: String, split: String },
+    Prepared {
+        root: PathBuf,
+        dataset: String,
+        split: String,
+    },
     /// The lines of a JSON Lines manifest that have a ground truth.
-    Manifest { manifest: PathBuf },
+    Manifest {
+        manifest: PathBuf,
+    },
     /// One side of `manifest` split by photo ([`detris_io::data::holdout::split_by_photo`]):
     /// `val_fraction` of its photos, chosen by `seed`, validate.
-    HeldOut { manifest: PathBuf, val_fraction: f64, seed: u64, side: HeldOutSide },
+    HeldOut {
+        manifest: PathBuf,
+        val_fraction: f64,
+        seed: u64,
+        side: HeldOutSide,
+    },
 }
 
 impl SplitSource {
@@ -70,7 +81,8 @@ impl SplitSource {
                 RefSource::manifest(manifest).with_context(|| format!("manifest {}", manifest.display()))
             }
             SplitSource::HeldOut { manifest, val_fraction, seed, side } => {
-                let whole = RefSource::manifest(manifest).with_context(|| format!("manifest {}", manifest.display()))?;
+                let whole =
+                    RefSource::manifest(manifest).with_context(|| format!("manifest {}", manifest.display()))?;
                 let held = split_by_photo(&whole, *val_fraction, *seed)?;
                 Ok(match side {
                     HeldOutSide::Train => held.train,
@@ -137,7 +149,9 @@ impl SplitSource {
     /// data-parallel run check that they read the same.
     pub fn list_file(&self) -> PathBuf {
         match self {
-            SplitSource::Prepared { root, dataset, split } => root.join("anns").join(dataset).join(format!("{split}.json")),
+            SplitSource::Prepared { root, dataset, split } => {
+                root.join("anns").join(dataset).join(format!("{split}.json"))
+            }
             SplitSource::Manifest { manifest } | SplitSource::HeldOut { manifest, .. } => manifest.clone(),
         }
     }
@@ -282,8 +296,7 @@ impl TrainData {
             anyhow::bail!("--batch-size {batch} (the global batch) does not divide over WORLD_SIZE={} ranks", g.world);
         }
         let local = batch / g.world;
-        let loader =
-            spec.train.loader(&spec.train_read(local, seed, workers), cfg)?.with_bad_samples(BadSamples::Skip);
+        let loader = spec.train.loader(&spec.train_read(local, seed, workers), cfg)?.with_bad_samples(BadSamples::Skip);
         let sampler = DistributedSampler {
             len: loader.len(),
             world: g.world,
@@ -352,7 +365,8 @@ mod tests {
     #[test]
     fn old_flat_run_options_deserialize_and_compare_equal_as_resume_compares_them() {
         // As written by checkpoints before manifests: resume compares the re-serialised values.
-        let old = serde_json::json!({"root": "runs/../data", "dataset": "synth", "train_split": "train", "val_split": "val"});
+        let old =
+            serde_json::json!({"root": "runs/../data", "dataset": "synth", "train_split": "train", "val_split": "val"});
         let read: DataSpec = serde_json::from_value(old.clone()).unwrap();
         let now = DataSpec::prepared(&DataSource::new("runs/../data", "synth"), "train", "val");
         assert_eq!(read, now);
@@ -366,10 +380,7 @@ mod tests {
         for spec in [
             DataSpec { train: held(HeldOutSide::Train), val: held(HeldOutSide::Val) },
             DataSpec { train: SplitSource::manifest("a.jsonl"), val: SplitSource::manifest("b.jsonl") },
-            DataSpec {
-                train: SplitSource::manifest("a.jsonl"),
-                val: DataSource::new("data", "refcoco").split("val"),
-            },
+            DataSpec { train: SplitSource::manifest("a.jsonl"), val: DataSource::new("data", "refcoco").split("val") },
         ] {
             let json = serde_json::to_value(&spec).unwrap();
             assert!(json.get("train").is_some(), "{json}");
@@ -383,12 +394,10 @@ mod tests {
     fn labels_name_the_split_or_the_manifest() {
         assert_eq!(DataSource::new("d", "refcoco").split("testA").label(), "testA");
         assert_eq!(SplitSource::manifest("x/test.jsonl").label(), "test");
-        let val = SplitSource::HeldOut { manifest: "m.jsonl".into(), val_fraction: 0.25, seed: 0, side: HeldOutSide::Val };
+        let val =
+            SplitSource::HeldOut { manifest: "m.jsonl".into(), val_fraction: 0.25, seed: 0, side: HeldOutSide::Val };
         assert_eq!(val.label(), "val");
         assert_eq!(val.list_file(), PathBuf::from("m.jsonl"));
-        assert_eq!(
-            DataSource::new("d", "refcoco").split("val").list_file(),
-            PathBuf::from("d/anns/refcoco/val.json")
-        );
+        assert_eq!(DataSource::new("d", "refcoco").split("val").list_file(), PathBuf::from("d/anns/refcoco/val.json"));
     }
 }

@@ -100,14 +100,7 @@ impl EvalRequest {
 
     /// Every sentence of `data`, 8 per batch, one loader thread, the default [`EvalOutputs`].
     pub fn of(data: SplitSource) -> EvalRequest {
-        EvalRequest {
-            data,
-            mode: Mode::Test,
-            limit: None,
-            batch_size: 8,
-            workers: 1,
-            outputs: EvalOutputs::default(),
-        }
+        EvalRequest { data, mode: Mode::Test, limit: None, batch_size: 8, workers: 1, outputs: EvalOutputs::default() }
     }
 }
 
@@ -145,13 +138,8 @@ pub fn evaluate(model: &Detris, request: &EvalRequest) -> Result<EvalReport> {
     // batch / world; the counts are gathered so that each sentence counts once.
     let (rank, world) = crate::distributed::rank_and_size();
     let batch = if world > 1 { (request.batch_size / world).max(1) } else { request.batch_size };
-    let read = SplitRead {
-        mode: request.mode,
-        batch_size: batch,
-        workers: request.workers,
-        seed: 0,
-        limit: request.limit,
-    };
+    let read =
+        SplitRead { mode: request.mode, batch_size: batch, workers: request.workers, seed: 0, limit: request.limit };
     let loader = request.data.loader(&read, &model.config)?;
     let mine: Vec<(usize, (usize, usize))> =
         loader.plan(0).into_iter().flatten().enumerate().filter(|(i, _)| i % world == rank).collect();

@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    detris_checked, detris_ok, detris_unchecked, fresh_temp_dir, max_abs_diff, set_flag, sorted_safetensors, synth_data,
-    synth_train_args,
+    detris_checked, detris_ok, detris_unchecked, fresh_temp_dir, max_abs_diff, set_flag, sorted_safetensors,
+    synth_data, synth_train_args,
 };
 use detris_io::data::manifest::write_from_prepared;
 
@@ -25,7 +25,12 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// [`synth_train_args`] (from the shipped model, dropout 0, one epoch) with `extra`; on the
 /// manifests when `manifests` is given, else on the prepared splits.
-fn train_args<'a>(data: &'a Path, out: &'a Path, manifests: Option<(&'a Path, &'a Path)>, extra: &[&'a str]) -> Vec<&'a str> {
+fn train_args<'a>(
+    data: &'a Path,
+    out: &'a Path,
+    manifests: Option<(&'a Path, &'a Path)>,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = set_flag(synth_train_args(data, out, &["--epochs", "1", "--dropout", "0"]), "--val-limit", "4");
     // `extra`: flag-value pairs, replacing the flag's value where it is already given.
     for pair in extra.chunks(2) {
@@ -147,7 +152,8 @@ fn eval_on_a_manifest_reports_as_on_the_split_it_lists() {
     let common = ["eval", "--threads", "1", "--device", "cpu", "--limit", "3"];
     let split = [&common[..], &["--data", data.to_str().unwrap(), "--dataset", "synth", "--split", "test"]].concat();
     detris_checked(&[&split[..], &["--json", a.to_str().unwrap()]].concat());
-    let out = detris_ok(&[&common[..], &["--manifest", test.to_str().unwrap(), "--json", b.to_str().unwrap()]].concat());
+    let out =
+        detris_ok(&[&common[..], &["--manifest", test.to_str().unwrap(), "--json", b.to_str().unwrap()]].concat());
     assert!(out.contains("manifest") && out.contains("mIoU"), "the table:\n{out}");
     let read = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let (ja, jb) = (read(&a), read(&b));
@@ -176,19 +182,41 @@ fn data_check_reports_bad_lines_cut_sentences_unknown_words_and_shared_photos() 
     let mut val_text = std::fs::read_to_string(&val).unwrap();
     val_text += &format!("{{\"id\": \"shared\", \"image\": \"{image}\", \"sentences\": [\"the thing\"], \"mask_polygons\": [[1, 1, 20, 1, 10, 20]]}}\n");
     std::fs::write(&val, val_text).unwrap();
-    let args = ["data", "check", train.to_str().unwrap(), "--val", val.to_str().unwrap(), "--threads", "1", "--device", "cpu"];
-    let json: serde_json::Value = serde_json::from_str(&detris_ok(&[&args[..], &["--json"]].concat())
-        .lines().skip_while(|l| !l.starts_with('{')).collect::<Vec<_>>().join("\n")).unwrap();
+    let args =
+        ["data", "check", train.to_str().unwrap(), "--val", val.to_str().unwrap(), "--threads", "1", "--device", "cpu"];
+    let json: serde_json::Value = serde_json::from_str(
+        &detris_ok(&[&args[..], &["--json"]].concat())
+            .lines()
+            .skip_while(|l| !l.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
     let t = &json["train"];
     assert_eq!(t["refs"], bad_line - 1, "every good line is a ref");
     assert_eq!(t["bad_lines"][0]["line"], bad_line);
     assert_eq!(t["truncated"]["count"], 1);
-    assert!(t["out_of_vocabulary"]["sentences"]["count"].as_u64().unwrap() >= 1, "zebra is not in the shipped vocabulary: {t}");
+    assert!(
+        t["out_of_vocabulary"]["sentences"]["count"].as_u64().unwrap() >= 1,
+        "zebra is not in the shipped vocabulary: {t}"
+    );
     assert_eq!(json["shared_photos"]["count"], 1);
     let table = detris_ok(&args);
     assert!(table.contains(&format!("bad line {bad_line}")) && table.contains("photos on both sides: 1"), "{table}");
     // A prepared split is checked the same way.
-    let table = detris_ok(&["data", "check", "--data", data.to_str().unwrap(), "--dataset", "synth", "--split", "val", "--quick", "--device", "cpu"]);
+    let table = detris_ok(&[
+        "data",
+        "check",
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        "synth",
+        "--split",
+        "val",
+        "--quick",
+        "--device",
+        "cpu",
+    ]);
     assert!(table.contains("refs") && table.contains("val.json"), "{table}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -205,12 +233,38 @@ fn eval_takes_the_official_test_keys_from_a_yaml() {
     )
     .unwrap();
     let json = dir.join("eval.json");
-    detris_checked(&["eval", "--yaml", yaml.to_str().unwrap(), "--limit", "2", "--threads", "1", "--device", "cpu", "--json", json.to_str().unwrap()]);
+    detris_checked(&[
+        "eval",
+        "--yaml",
+        yaml.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report[0]["split"], "val", "the YAML's test_split");
     assert_eq!(report[0]["dataset"], "synth");
     // --split wins over the YAML.
-    detris_checked(&["eval", "--yaml", yaml.to_str().unwrap(), "--split", "test", "--limit", "2", "--threads", "1", "--device", "cpu", "--json", json.to_str().unwrap()]);
+    detris_checked(&[
+        "eval",
+        "--yaml",
+        yaml.to_str().unwrap(),
+        "--split",
+        "test",
+        "--limit",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report[0]["split"], "test");
     std::fs::remove_dir_all(&dir).ok();

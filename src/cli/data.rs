@@ -93,7 +93,9 @@ pub fn run(a: DataArgs) -> Result<()> {
             let usage = |e: detris_io::Error| super::usage(e.to_string());
             let report = match (out, manifest_out) {
                 (Some(out), _) => serde_json::to_value(synth::generate_styled(&out, &opts, style).map_err(usage)?)?,
-                (None, Some(dir)) => serde_json::to_value(synth::generate_manifest(&dir, &opts, style).map_err(usage)?)?,
+                (None, Some(dir)) => {
+                    serde_json::to_value(synth::generate_manifest(&dir, &opts, style).map_err(usage)?)?
+                }
                 (None, None) => return Err(super::usage("give --out or --manifest-out")),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);

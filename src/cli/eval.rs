@@ -110,7 +110,11 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
                 eprintln!("warning: {}: {line} (left out)", manifest.display());
             }
             if bad.len() > 5 {
-                eprintln!("warning: {}: {} lines left out in all (`detris data check` lists them)", manifest.display(), bad.len());
+                eprintln!(
+                    "warning: {}: {} lines left out in all (`detris data check` lists them)",
+                    manifest.display(),
+                    bad.len()
+                );
             }
         }
         let request = EvalRequest {
@@ -161,7 +165,8 @@ fn sources(a: &EvalArgs, yaml: Option<&detris::train::yaml_config::YamlConfig>) 
     if !root.is_dir() {
         return Err(super::usage(format!("--data {}: no such folder", root.display())));
     }
-    let dataset = a.dataset.clone().or_else(|| yaml.and_then(|y| y.string("dataset"))).unwrap_or_else(|| "refcoco".into());
+    let dataset =
+        a.dataset.clone().or_else(|| yaml.and_then(|y| y.string("dataset"))).unwrap_or_else(|| "refcoco".into());
     let splits = a.split.clone().or_else(|| yaml.and_then(|y| y.string("test_split")).map(|s| vec![s]));
     let data = DataSource::new(root, dataset);
     Ok(splits.unwrap_or_else(|| vec!["val".into()]).into_iter().map(|s| data.split(s)).collect())

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use detris::device::{DeviceArg, Precision};
-use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris::train::yaml_config::YamlConfig;
+use detris::weights::{self, ConfigChoice, WeightFiles};
 use detris::Detris;
 
 #[derive(Args, Clone, Debug)]

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../shim_guard.h"
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/autograd.h>
@@ -24,25 +25,9 @@ struct Group {
   int world;
 };
 
-char* copy_message(const char* what) {
-  char* s = static_cast<char*>(std::malloc(std::strlen(what) + 1));
-  if (s) std::strcpy(s, what);
-  return s;
-}
-
 template <typename F>
 int guarded(char** err, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    *err = copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *err = copy_message(e.what());
-  } catch (...) {
-    *err = copy_message("unknown C++ exception in c10d");
-  }
-  return -1;
+  return detris_shim::guarded(err, "unknown C++ exception in c10d", std::forward<F>(f));
 }
 
 std::vector<at::Tensor> tensors_of(at::Tensor** ts, int n) {

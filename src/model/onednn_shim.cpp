@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../shim_guard.h"
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -31,25 +32,9 @@ struct Packed {
   at::Tensor scales, zero_points;  // int8: per output channel
 };
 
-char* copy_message(const char* what) {
-  char* s = static_cast<char*>(std::malloc(std::strlen(what) + 1));
-  if (s) std::strcpy(s, what);
-  return s;
-}
-
 template <typename F>
 int guarded(char** err, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    *err = copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *err = copy_message(e.what());
-  } catch (...) {
-    *err = copy_message("unknown C++ exception in the oneDNN shim");
-  }
-  return -1;
+  return detris_shim::guarded(err, "unknown C++ exception in the oneDNN shim", std::forward<F>(f));
 }
 
 const c10::OperatorHandle& op(const char* name) {

@@ -291,7 +291,8 @@ impl RunPlan {
         if let Some(manifest) = &self.request.manifest {
             return manifest_spec(manifest, self.request.val_manifest.as_deref(), self.request.val_fraction);
         }
-        let root = self.data.clone().ok_or_else(|| bad("--data or --manifest is required (or --yaml with mask_root)"))?;
+        let root =
+            self.data.clone().ok_or_else(|| bad("--data or --manifest is required (or --yaml with mask_root)"))?;
         if !root.is_dir() {
             return Err(bad(format!(
                 "--data {}: no such folder (the official configs' *_lmdb files are not read: give the root of \

@@ -91,7 +91,8 @@ pub fn run(a: CheckArgs) -> Result<()> {
         let all = shared_photos(&train, v);
         Listed { count: all.len(), examples: all.into_iter().take(a.max_listed).collect() }
     });
-    let checked = Checked { train: check(&train, &opts), val: val.as_ref().map(|v| check(v, &opts)), shared_photos: shared };
+    let checked =
+        Checked { train: check(&train, &opts), val: val.as_ref().map(|v| check(v, &opts)), shared_photos: shared };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&checked)?);
         return Ok(());
@@ -139,7 +140,10 @@ fn table(side: &str, r: &CheckReport, vocabulary: Option<usize>) -> String {
     row(&format!("cut at {} token ids", r.word_len), r.truncated.count.to_string());
     if let (Some(oov), Some(n)) = (&r.out_of_vocabulary, vocabulary) {
         let words: Vec<String> = oov.tokens.iter().take(12).map(|(w, c)| format!("{w} ×{c}")).collect();
-        row(&format!("outside the {n}-token vocab"), format!("{} sentences: {}", oov.sentences.count, words.join(", ")));
+        row(
+            &format!("outside the {n}-token vocab"),
+            format!("{} sentences: {}", oov.sentences.count, words.join(", ")),
+        );
     }
     row("duplicate ids", r.duplicate_ids.count.to_string());
     for b in &r.bad_lines {

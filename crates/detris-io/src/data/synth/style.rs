@@ -60,7 +60,12 @@ impl Style {
     /// Width and height of a picture. `plain` takes `size` as it is, drawing from the
     /// scene's stream (as before styles existed, so its files do not change); `photo`
     /// takes the size's long side and a photo aspect ratio, in either orientation.
-    pub(super) fn picture_size(self, size: ImageSize, scene_rng: &mut ChaCha8Rng, look: &mut ChaCha8Rng) -> (usize, usize) {
+    pub(super) fn picture_size(
+        self,
+        size: ImageSize,
+        scene_rng: &mut ChaCha8Rng,
+        look: &mut ChaCha8Rng,
+    ) -> (usize, usize) {
         let draw = |rng: &mut ChaCha8Rng| match size {
             ImageSize::Fixed { width, height } => (width, height),
             ImageSize::Varied { min, max } => (rng.gen_range(min..=max), rng.gen_range(min..=max)),
@@ -212,8 +217,7 @@ fn splitmix64(mut z: u64) -> u64 {
 /// Separable Gaussian blur of interleaved RGB, edges clamped.
 fn gaussian_blur(pixels: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
     let radius = (3.0 * sigma).ceil() as isize;
-    let mut kernel: Vec<f32> =
-        (-radius..=radius).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let mut kernel: Vec<f32> = (-radius..=radius).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
     let total: f32 = kernel.iter().sum();
     kernel.iter_mut().for_each(|k| *k /= total);
     let pass = |src: &[f32], horizontal: bool| {

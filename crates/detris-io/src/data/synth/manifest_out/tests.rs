@@ -52,7 +52,8 @@ fn same_seed_gives_byte_identical_manifests_and_photos() {
     let files_c = read_tree(c.path());
     assert_ne!(files_a[Path::new("train.jsonl")], files_c[Path::new("train.jsonl")]);
     // The test split has its own seed: its photos (after the 7 train and val ones) stay put.
-    let photo = |files: &BTreeMap<PathBuf, Vec<u8>>, id: usize| files[&PathBuf::from(format!("images/{id:06}.jpg"))].clone();
+    let photo =
+        |files: &BTreeMap<PathBuf, Vec<u8>>, id: usize| files[&PathBuf::from(format!("images/{id:06}.jpg"))].clone();
     assert!((8..=10).all(|id| photo(&files_a, id) == photo(&files_c, id)));
     assert!((1..=7).all(|id| photo(&files_a, id) != photo(&files_c, id)));
 }
@@ -126,7 +127,8 @@ fn masks_and_sentences_match_the_drawn_objects() {
 
 #[test]
 fn the_prepared_layout_takes_the_style_too_and_plain_is_unchanged() {
-    let (styled, plain, default) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (styled, plain, default) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let opts = small_options(3);
     super::super::generate_styled(styled.path(), &opts, Style::Photo).unwrap();
     super::super::generate_styled(plain.path(), &opts, Style::Plain).unwrap();
