@@ -143,6 +143,11 @@ pub struct SplitReport {
 }
 
 impl SplitReport {
+    /// A split with nothing counted yet.
+    fn empty(split: &str) -> SplitReport {
+        SplitReport { split: split.into(), images: 0, refs: 0, sentences: 0, sentences_with_shared_attribute: 0 }
+    }
+
     /// Share of sentences whose object is not the only one of its colour or shape.
     pub fn shared_attribute_share(&self) -> f64 {
         self.sentences_with_shared_attribute as f64 / self.sentences.max(1) as f64
@@ -187,31 +192,33 @@ pub fn generate_styled(out: &Path, opts: &SynthOptions, style: Style) -> Result<
     let mut files = Files::default();
     let mut report = SynthReport { refer_dir: refer_dir.clone(), splits: Vec::new(), kinds: BTreeMap::new() };
     for (split, seed, tag, count) in split_streams(opts) {
-        let mut split_report =
-            SplitReport { split: split.into(), images: 0, refs: 0, sentences: 0, sentences_with_shared_attribute: 0 };
+        let mut split_report = SplitReport::empty(split);
         let mut prepared = Vec::new();
-        for start in (0..count).step_by(CHUNK) {
-            let pictures: Vec<Picture> = (start..(start + CHUNK).min(count))
-                .into_par_iter()
-                .map(|index| Picture::make(seed, tag, index as u64, opts, style))
-                .collect::<Result<_>>()?;
-            for picture in pictures {
-                files.add(
-                    picture,
-                    split,
-                    &image_dir,
-                    &mask_dir,
-                    &mut split_report,
-                    &mut report.kinds,
-                    &mut prepared,
-                )?;
-            }
-        }
+        each_picture(opts, style, (seed, tag, count), |picture| {
+            files.add(picture, split, &image_dir, &mask_dir, &mut split_report, &mut report.kinds, &mut prepared)
+        })?;
         write_json(&ann_dir.join(format!("{split}.json")), &prepared)?;
         report.splits.push(split_report);
     }
     files.finish(&refer_dir)?;
     Ok(report)
+}
+
+/// The pictures of one split's stream `(seed, tag, count)` in order, made `CHUNK` at a time in parallel.
+fn each_picture(
+    opts: &SynthOptions,
+    style: Style,
+    (seed, tag, count): (u64, u64, usize),
+    mut each: impl FnMut(Picture) -> Result<()>,
+) -> Result<()> {
+    for start in (0..count).step_by(CHUNK) {
+        let pictures: Vec<Picture> = (start..(start + CHUNK).min(count))
+            .into_par_iter()
+            .map(|index| Picture::make(seed, tag, index as u64, opts, style))
+            .collect::<Result<_>>()?;
+        pictures.into_iter().try_for_each(&mut each)?;
+    }
+    Ok(())
 }
 
 /// (split, stream seed, split tag, pictures) of the three splits.

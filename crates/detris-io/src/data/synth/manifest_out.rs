@@ -15,11 +15,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{encode_png, shares_attribute, split_streams, write_bytes, write_json, Picture, SplitReport, Style};
-use super::{SynthOptions, CHUNK};
+use super::SynthOptions;
+use super::{each_picture, encode_png, shares_attribute, split_streams, write_bytes, write_json, SplitReport, Style};
 use crate::error::{Error, Result};
 
 /// What [`generate_manifest`] wrote.
@@ -51,41 +50,35 @@ pub fn generate_manifest(out: &Path, opts: &SynthOptions, style: Style) -> Resul
     let (mut next_image, mut next_ref) = (1usize, 0usize);
     let mut scenes = Vec::new();
     for (split, seed, tag, count) in split_streams(opts) {
-        let mut split_report =
-            SplitReport { split: split.into(), images: 0, refs: 0, sentences: 0, sentences_with_shared_attribute: 0 };
+        let mut split_report = SplitReport::empty(split);
         let mut text = String::new();
-        for start in (0..count).step_by(CHUNK) {
-            let pictures: Vec<Picture> = (start..(start + CHUNK).min(count))
-                .into_par_iter()
-                .map(|index| Picture::make(seed, tag, index as u64, opts, style))
-                .collect::<Result<_>>()?;
-            for picture in pictures {
-                let image = format!("images/{next_image:06}.{}", picture.extension);
-                write_bytes(&out.join(&image), &picture.photo)?;
-                let (w, h) = (picture.scene.width, picture.scene.height);
-                for (target, expressions) in &picture.refs {
-                    let mask = format!("masks/{next_ref}.png");
-                    let grey: Vec<u8> = picture.masks[*target].iter().map(|&v| v * 255).collect();
-                    write_bytes(&out.join(&mask), &encode_png(&grey, w, h, png::ColorType::Grayscale)?)?;
-                    let sentences: Vec<String> = expressions.iter().map(|e| e.text()).collect();
-                    for e in expressions {
-                        *report.kinds.entry(e.kind().name().to_string()).or_default() += 1;
-                    }
-                    split_report.refs += 1;
-                    split_report.sentences += sentences.len();
-                    if shares_attribute(&picture.scene, *target) {
-                        split_report.sentences_with_shared_attribute += sentences.len();
-                    }
-                    let line = Line { id: next_ref.to_string(), image: image.clone(), sentences, mask };
-                    text.push_str(&serde_json::to_string(&line).map_err(|e| Error::input(format!("JSON: {e}")))?);
-                    text.push('\n');
-                    next_ref += 1;
+        each_picture(opts, style, (seed, tag, count), |picture| {
+            let image = format!("images/{next_image:06}.{}", picture.extension);
+            write_bytes(&out.join(&image), &picture.photo)?;
+            let (w, h) = (picture.scene.width, picture.scene.height);
+            for (target, expressions) in &picture.refs {
+                let mask = format!("masks/{next_ref}.png");
+                let grey: Vec<u8> = picture.masks[*target].iter().map(|&v| v * 255).collect();
+                write_bytes(&out.join(&mask), &encode_png(&grey, w, h, png::ColorType::Grayscale)?)?;
+                let sentences: Vec<String> = expressions.iter().map(|e| e.text()).collect();
+                for e in expressions {
+                    *report.kinds.entry(e.kind().name().to_string()).or_default() += 1;
                 }
-                scenes.push(serde_json::json!({"image": image, "split": split, "scene": picture.scene}));
-                split_report.images += 1;
-                next_image += 1;
+                split_report.refs += 1;
+                split_report.sentences += sentences.len();
+                if shares_attribute(&picture.scene, *target) {
+                    split_report.sentences_with_shared_attribute += sentences.len();
+                }
+                let line = Line { id: next_ref.to_string(), image: image.clone(), sentences, mask };
+                text.push_str(&serde_json::to_string(&line).map_err(|e| Error::input(format!("JSON: {e}")))?);
+                text.push('\n');
+                next_ref += 1;
             }
-        }
+            scenes.push(serde_json::json!({"image": image, "split": split, "scene": picture.scene}));
+            split_report.images += 1;
+            next_image += 1;
+            Ok(())
+        })?;
         let manifest = out.join(format!("{split}.jsonl"));
         write_bytes(&manifest, text.as_bytes())?;
         report.manifests.push(manifest);
