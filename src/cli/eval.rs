@@ -6,16 +6,12 @@ use detris::data::{DataSource, SplitSource};
 use detris::eval::{evaluate, table, EvalOutputs, EvalRequest};
 use detris_io::data::loader::Mode;
 
-use super::model_args::{InferencePrecision, ModelArgs, TestYaml};
+use super::model_args::InferenceArgs;
 
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    precision: InferencePrecision,
-    #[command(flatten)]
-    yaml: TestYaml,
+    inference: InferenceArgs,
     /// Root of the prepared layout (anns/, masks/, images/train2014/) [YAML: mask_root/../..].
     #[arg(long, required_unless_present_any = ["manifest", "yaml"])]
     data: Option<PathBuf>,
@@ -80,7 +76,7 @@ pub fn records_path(json: &std::path::Path) -> PathBuf {
 pub fn run(mut a: EvalArgs) -> Result<()> {
     // Data-parallel: start the ranks here, or join the launcher's group.
     let dist = a.dist.clone();
-    if let super::distributed::Role::Launched(code) = dist.enter(&mut a.model.device)? {
+    if let super::distributed::Role::Launched(code) = dist.enter(&mut a.inference.model.device)? {
         std::process::exit(code);
     }
     if a.batch_size == 0 {
@@ -94,13 +90,13 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
             a.batch_size % world
         )));
     }
-    let yaml = a.yaml.apply(&mut a.model)?;
+    let yaml = a.inference.yaml.apply(&mut a.inference.model)?;
     let sources = sources(&a, yaml.as_ref())?;
     if let (None, Some(y)) = (&a.outputs.visualize, &yaml) {
         // test.py --config with visualize: True writes into <output_dir>/vis.
         a.outputs.visualize = y.bool("visualize").filter(|&v| v).and_then(|_| y.output_dir()).map(|d| d.join("vis"));
     }
-    let model = a.model.load_in(a.precision.precision)?;
+    let model = a.inference.model.load_in(a.inference.precision.precision)?;
     let mut reports = Vec::new();
     for source in sources {
         let split = source.label();

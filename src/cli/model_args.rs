@@ -44,6 +44,18 @@ pub struct ModelArgs {
     pub input_size: Option<usize>,
 }
 
+/// What `eval`, `segment` and `serve` share: the model, its inference precision and the
+/// official test YAML (`test.py --config`).
+#[derive(Args)]
+pub struct InferenceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub precision: InferencePrecision,
+    #[command(flatten)]
+    pub yaml: TestYaml,
+}
+
 /// `--yaml` of the commands that run a trained model (eval, segment, serve).
 #[derive(Args, Clone, Debug)]
 pub struct TestYaml {

@@ -8,16 +8,12 @@ use detris::segment::{check_sentence, Segmenter};
 use detris_io::image::{self, PostPath, THRESHOLD};
 use detris_io::metrics::precision_label;
 
-use super::model_args::{InferencePrecision, ModelArgs, TestYaml};
+use super::model_args::InferenceArgs;
 
 #[derive(Args)]
 pub struct SegmentArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    precision: InferencePrecision,
-    #[command(flatten)]
-    yaml: TestYaml,
+    inference: InferenceArgs,
     /// The photo (JPEG, PNG or WebP).
     #[arg(long, required_unless_present = "manifest", conflicts_with = "manifest")]
     image: Option<PathBuf>,
@@ -74,7 +70,7 @@ struct ManifestArgs {
 }
 
 pub fn run(mut a: SegmentArgs) -> Result<()> {
-    a.yaml.apply(&mut a.model)?;
+    a.inference.yaml.apply(&mut a.inference.model)?;
     for t in &a.texts {
         check_sentence(t).map_err(|e| super::usage(format!("--text: {e}")))?;
     }
@@ -90,7 +86,7 @@ pub fn run(mut a: SegmentArgs) -> Result<()> {
         }
         None => None,
     };
-    let model = a.model.load_in(a.precision.precision)?;
+    let model = a.inference.model.load_in(a.inference.precision.precision)?;
     let seg = Segmenter::builder()
         .model(model)
         .post(a.post)

@@ -10,7 +10,7 @@ use clap::Args;
 use detris::serve::{self, Limits, ServeOptions};
 use detris_io::image::PostPath;
 
-use super::model_args::{InferencePrecision, ModelArgs, TestYaml};
+use super::model_args::{InferenceArgs, InferencePrecision, ModelArgs};
 
 /// The server's limits (each field of [`Limits`] is a flag) and post-processing.
 #[derive(Args, Clone)]
@@ -34,11 +34,7 @@ impl LimitArgs {
 #[derive(Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    precision: InferencePrecision,
-    #[command(flatten)]
-    yaml: TestYaml,
+    inference: InferenceArgs,
     /// Address to listen on (port 0: any free port). Use 0.0.0.0:PORT to be reachable from other machines.
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -47,9 +43,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(mut a: ServeArgs) -> Result<()> {
-    a.yaml.apply(&mut a.model)?;
+    a.inference.yaml.apply(&mut a.inference.model)?;
     let options = a.limits.options(a.bind)?;
-    let (model, precision) = (a.model.clone(), a.precision.precision);
+    let (model, precision) = (a.inference.model.clone(), a.inference.precision.precision);
     let running = serve::spawn(move || model.load_in(precision), options)?;
     let info = &running.info;
     eprintln!(
