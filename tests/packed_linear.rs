@@ -158,6 +158,9 @@ fn shipped_model_masks_with_packed_layers_match_f32_on_the_example() {
         let packed = seg.model.dino.blocks.iter().filter(|b| b.fc1.packed.is_some()).count();
         let expected = if precision == Precision::F32 { 0 } else { seg.model.dino.blocks.len() };
         assert_eq!(packed, expected, "{precision}: DINOv2 blocks whose MLP is packed");
+        // An inference model keeps one copy of a packed weight: the plain one is released.
+        let plain = seg.model.dino.blocks.iter().filter(|b| b.fc1.weight.numel() > 0).count();
+        assert_eq!(plain, seg.model.dino.blocks.len() - expected, "{precision}: DINOv2 MLP weights still held plain");
         seg.segment(&photo, &sentences).unwrap()
     };
     let f32_masks = masks(Precision::F32);

@@ -178,6 +178,12 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.forward_with(x, Epilogue::None)
     }
+    /// After packing for inference: the plain weight's memory is released (the
+    /// variable keeps its name and kind, with no elements).
+    pub fn release_plain_weight(&mut self) {
+        let empty = Tensor::empty([0], (self.weight.kind(), self.weight.device()));
+        tch::no_grad(|| self.weight.set_data(&empty));
+    }
     /// `gelu(forward(x))` (exact GELU), in one oneDNN call when packed.
     pub fn forward_gelu(&self, x: &Tensor) -> Tensor {
         self.forward_with(x, Epilogue::Gelu)
@@ -188,6 +194,11 @@ impl Linear {
             // here is a libtorch error, reported the way tch's own ops report theirs.
             return p.forward(x, epilogue).unwrap_or_else(|e| panic!("{e:#}"));
         }
+        assert!(
+            self.weight.numel() > 0,
+            "a linear layer packed for inference (its plain weight released) was given an input it cannot take: \
+             one that needs a gradient, is not on the CPU or is not of the packed kind"
+        );
         let y = x.linear(&self.weight, self.bias.as_ref());
         match epilogue {
             Epilogue::None => y,

@@ -23,21 +23,21 @@ pub fn packing_for(precision: Precision, device: Device) -> Option<Packing> {
 
 /// Packs `model`'s frozen linear layers as `precision` (resolved) asks on the
 /// model's device, if it asks for a packing; returns how many layers were packed.
+/// For inference only: the packed layers' plain weights are released, since the
+/// packed copies serve every forward without a gradient (the memory of one copy
+/// instead of two).
 pub fn pack_for_inference(model: &mut Detris, precision: Precision) -> Result<usize> {
-    match packing_for(precision, model.device()) {
-        Some(packing) => pack_frozen_linears(model, packing),
-        None => Ok(0),
+    let Some(packing) = packing_for(precision, model.device()) else { return Ok(0) };
+    let packed = pack_frozen_linears(model, packing)?;
+    for layer in backbone_linears(model).into_iter().map(|(l, _)| l).filter(|l| l.packed.is_some()) {
+        layer.release_plain_weight();
     }
+    Ok(packed)
 }
 
-/// Every frozen linear layer of the backbones (DINOv2's attention and MLP,
-/// CLIP's MLP) packed for oneDNN, for inference on the CPU; returns how many.
-/// Layers whose weight trains are left alone. Packing again replaces the
-/// packed copies (after new weights were loaded, say).
-pub fn pack_frozen_linears(model: &mut Detris, packing: Packing) -> Result<usize> {
-    if model.device() != Device::Cpu {
-        bail!("oneDNN's packed linear layers are CPU-only (the model is on {:?})", model.device());
-    }
+/// The backbones' linear layers (DINOv2's attention and MLP, CLIP's MLP), each with
+/// the row count its inputs usually have (the packing's size hint).
+fn backbone_linears(model: &mut Detris) -> Vec<(&mut Linear, i64)> {
     let image_tokens = model.config.image_tokens() as i64;
     let words = model.config.word_len as i64;
     let mut layers: Vec<(&mut Linear, i64)> = Vec::new();
@@ -51,6 +51,18 @@ pub fn pack_frozen_linears(model: &mut Detris, packing: Packing) -> Result<usize
             layers.push((l, words));
         }
     }
+    layers
+}
+
+/// Every frozen linear layer of the backbones (DINOv2's attention and MLP,
+/// CLIP's MLP) packed for oneDNN, for inference on the CPU; returns how many.
+/// Layers whose weight trains are left alone. Packing again replaces the
+/// packed copies (after new weights were loaded, say).
+pub fn pack_frozen_linears(model: &mut Detris, packing: Packing) -> Result<usize> {
+    if model.device() != Device::Cpu {
+        bail!("oneDNN's packed linear layers are CPU-only (the model is on {:?})", model.device());
+    }
+    let layers = backbone_linears(model);
     let mut packed = 0;
     for (layer, tokens) in layers {
         if layer.weight.requires_grad() {
@@ -64,14 +76,7 @@ pub fn pack_frozen_linears(model: &mut Detris, packing: Packing) -> Result<usize
 
 /// Drops every packed copy: the layers compute with libtorch's `linear` again.
 pub fn unpack_linears(model: &mut Detris) {
-    for b in &mut model.dino.blocks {
-        for l in [&mut b.qkv, &mut b.proj, &mut b.fc1, &mut b.fc2] {
-            l.packed = None;
-        }
-    }
-    for b in &mut model.text.blocks {
-        for l in [&mut b.c_fc, &mut b.c_proj] {
-            l.packed = None;
-        }
+    for (layer, _) in backbone_linears(model) {
+        layer.packed = None;
     }
 }
