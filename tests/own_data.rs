@@ -233,39 +233,19 @@ fn eval_takes_the_official_test_keys_from_a_yaml() {
     )
     .unwrap();
     let json = dir.join("eval.json");
-    detris_checked(&[
-        "eval",
-        "--yaml",
-        yaml.to_str().unwrap(),
-        "--limit",
-        "2",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // `detris eval --yaml` (plus `extra`) on two refs; its eval.json.
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--yaml", yaml.to_str().unwrap(), "--limit", "2", "--threads", "1"];
+        args.extend(["--device", "cpu", "--json", json.to_str().unwrap()]);
+        args.extend(extra);
+        detris_checked(&args);
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let report = eval(&[]);
     assert_eq!(report[0]["split"], "val", "the YAML's test_split");
     assert_eq!(report[0]["dataset"], "synth");
     // --split wins over the YAML.
-    detris_checked(&[
-        "eval",
-        "--yaml",
-        yaml.to_str().unwrap(),
-        "--split",
-        "test",
-        "--limit",
-        "2",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = eval(&["--split", "test"]);
     assert_eq!(report[0]["split"], "test");
     std::fs::remove_dir_all(&dir).ok();
 }

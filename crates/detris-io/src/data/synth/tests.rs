@@ -20,8 +20,8 @@ fn small_options(seed: u64) -> SynthOptions {
     }
 }
 
-/// Every file under `dir`, by relative path.
-fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+/// Every file under `dir`, by relative path (the manifest writer's tests read trees too).
+pub(super) fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

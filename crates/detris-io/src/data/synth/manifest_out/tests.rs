@@ -7,6 +7,7 @@ use crate::data::manifest::{self, GroundTruth};
 use crate::data::source::RefSource;
 use crate::data::synth::expr::Expression;
 use crate::data::synth::scene::Scene;
+use crate::data::synth::tests::read_tree;
 use crate::data::synth::ImageSize;
 use crate::image::{load_rgb, photo_size};
 use serde_json::Value;
@@ -19,23 +20,6 @@ fn small_options(seed: u64) -> SynthOptions {
         image_size: ImageSize::Varied { min: 80, max: 120 },
         ..SynthOptions::new(seed, 10)
     }
-}
-
-/// Every file under `dir`, by relative path.
-fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    files
 }
 
 #[test]
