@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use detris::model::packed_linear::{Epilogue, PackedLinear, Packing};
-use detris::model::packing::{pack_frozen_linears, unpack_linears};
+use detris::model::packing::{pack_for_inference, pack_frozen_linears, unpack_linears};
 use detris::model::{Ctx, Levers};
 use tch::{Device, Kind, Tensor};
 
@@ -156,7 +156,13 @@ fn shipped_model_masks_with_packed_layers_match_f32_on_the_example() {
     let masks = |precision: Precision| {
         let seg = Segmenter::builder().device(Device::Cpu).inference_precision(precision).build().unwrap();
         let packed = seg.model.dino.blocks.iter().filter(|b| b.fc1.packed.is_some()).count();
-        let expected = if precision == Precision::F32 { 0 } else { seg.model.dino.blocks.len() };
+        // bf16 packs where oneDNN can reorder bf16 weights on this CPU; int8 anywhere.
+        let packs = match precision {
+            Precision::F32 => false,
+            Precision::Bf16 => detris::device::can_pack_bf16(&detris::device::CpuInfo::read().flags),
+            _ => true,
+        };
+        let expected = if packs { seg.model.dino.blocks.len() } else { 0 };
         assert_eq!(packed, expected, "{precision}: DINOv2 blocks whose MLP is packed");
         // An inference model keeps one copy of a packed weight: the plain one is released.
         let plain = seg.model.dino.blocks.iter().filter(|b| b.fc1.weight.numel() > 0).count();
@@ -174,4 +180,28 @@ fn shipped_model_masks_with_packed_layers_match_f32_on_the_example() {
             assert!(iou >= 0.97, "{packing:?} {:?}: mask IoU {iou:.4} against f32", a.sentence);
         }
     }
+}
+
+/// Packing for inference releases each plain weight as soon as its layer is
+/// packed (so the two copies never coexist for the whole model); packing again
+/// finds nothing left to pack and changes nothing; the logits equal those of
+/// the same layers packed with their plain weights kept.
+#[test]
+fn inference_packing_releases_each_plain_weight_and_is_idempotent() {
+    let io = read_st("tiny/io.safetensors");
+    let ctx = Ctx { train: false, levers: Levers::FAST, trace: None, sync_bn: None };
+    let img = io["input.img"].to_kind(Kind::BFloat16);
+    let cfg = tiny_config();
+    let layers = 4 * cfg.dino_depth + 2 * cfg.txt_layers;
+    // int8: it packs on every CPU (bf16 only where oneDNN can reorder bf16).
+    let mut kept = tiny_model(tiny_config(), Kind::BFloat16);
+    assert_eq!(pack_frozen_linears(&mut kept, Packing::Int8).unwrap(), layers);
+    let mut released = tiny_model(tiny_config(), Kind::BFloat16);
+    assert_eq!(pack_for_inference(&mut released, detris::Precision::Int8).unwrap(), layers);
+    let plain_left = |m: &detris::model::Detris| m.dino.blocks.iter().filter(|b| b.qkv.weight.numel() > 0).count();
+    assert_eq!((plain_left(&kept), plain_left(&released)), (kept.dino.blocks.len(), 0));
+    assert_eq!(pack_for_inference(&mut released, detris::Precision::Int8).unwrap(), 0, "packed twice");
+    assert!(released.dino.blocks.iter().all(|b| b.qkv.packed.is_some()));
+    let logits = |m: &detris::model::Detris| tch::no_grad(|| m.forward(&img, &io["input.word"], &ctx));
+    assert!(logits(&kept).equal(&logits(&released)));
 }

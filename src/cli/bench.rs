@@ -111,8 +111,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let cuda = device.is_cuda();
     let hardware = Hardware::of(device);
     let auto = auto_precision(&hardware);
+    let cpu = CpuInfo::read();
     if let Hardware::Cpu { .. } = hardware {
-        let cpu = CpuInfo::read();
         println!("cpu: {} ({} logical CPUs); flags: {}", cpu.model, cpu_count(), cpu.matrix_flags().join(" "));
     }
     println!("auto: {} ({})", auto.precision, auto.reason);
@@ -235,7 +235,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     a.threads
                 );
                 // A precision whose products run packed (bf16, int8) has the packed product's ceiling.
-                let packed = match detris::model::packing::packing_for(*p, device) {
+                let packed = match detris::model::packing::packing_for(*p, device, &cpu.flags) {
                     Some(packing) => {
                         let rate = packed_linear_gflops(1029, 768, 3072, packing)?;
                         println!("round {round}: {p} packed {packing:?} linear {rate:.1} GFLOP/s (1029×768·768×3072)");

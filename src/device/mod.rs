@@ -14,4 +14,4 @@ pub use libtorch::{
 };
 pub use memory::{cuda_memory_in_use, peak_rss_kib};
 pub use options::{parse_device, DeviceArg, Precision};
-pub use policy::{auto_precision, Choice, CpuInfo, Hardware};
+pub use policy::{auto_precision, can_pack_bf16, Choice, CpuInfo, Hardware};

@@ -90,6 +90,14 @@ pub fn auto_precision(hw: &Hardware) -> Choice {
     Choice { precision, reason }
 }
 
+/// Whether oneDNN can hold bf16 linear weights packed on a CPU with these
+/// flags: libtorch's `mkldnn::_reorder_linear_weight` (and its bf16 linear)
+/// refuse a CPU without `avx_ne_convert` or all of `avx512bw`, `avx512vl` and
+/// `avx512dq`. Elsewhere (AVX2-only CPUs) bf16 runs libtorch's plain `linear`.
+pub fn can_pack_bf16(flags: &BTreeSet<String>) -> bool {
+    flags.contains("avx_ne_convert") || ["avx512bw", "avx512vl", "avx512dq"].iter().all(|f| flags.contains(*f))
+}
+
 /// The CPU's model name and feature flags (Linux `/proc/cpuinfo`; empty elsewhere).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuInfo {
@@ -164,6 +172,16 @@ mod tests {
             assert_eq!(choice.precision, expected, "{hw:?}");
             assert!(choice.reason.contains(because), "{hw:?}: {}", choice.reason);
         }
+    }
+
+    #[test]
+    fn bf16_packs_only_where_libtorch_can_reorder_it() {
+        let flags = |s: &str| s.split_whitespace().map(String::from).collect::<BTreeSet<_>>();
+        assert!(can_pack_bf16(&flags("avx2 avx512f avx512bw avx512vl avx512dq avx512_bf16")));
+        assert!(can_pack_bf16(&flags("avx2 avx_ne_convert")));
+        assert!(!can_pack_bf16(&flags("avx2 fma f16c")));
+        assert!(!can_pack_bf16(&flags("avx2 avx512f avx512bw avx512vl")), "avx512dq missing");
+        assert!(!can_pack_bf16(&flags("")));
     }
 
     #[test]
