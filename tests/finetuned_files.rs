@@ -9,7 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{detris_checked, detris_unchecked, fixture, fresh_temp_dir, synth_data, synth_train_args};
+use common::{
+    detris_checked, detris_unchecked, fixture, fresh_temp_dir, synth_data, synth_eval_args, synth_train_args,
+};
 use detris::weights::base::{Base, BaseRole, META_BASE};
 use detris::weights::{self, ConfigChoice, WeightFiles};
 use tch::Device;
@@ -39,25 +41,7 @@ fn same_weights(a: &detris_io::tensor::TensorMap, b: &detris_io::tensor::TensorM
 /// `detris eval` on the validation split with `checkpoint` alone (its table beside the data).
 fn eval(checkpoint: &Path, data: &Path) -> std::process::Output {
     let json = data.with_file_name("eval.json");
-    detris_unchecked(&[
-        "eval",
-        "--json",
-        json.to_str().unwrap(),
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--split",
-        "val",
-        "--limit",
-        "4",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ])
+    detris_unchecked(&synth_eval_args(data, "val", &json, Some(checkpoint), &["--limit", "4"]))
 }
 
 fn stderr(out: &std::process::Output) -> String {

@@ -13,7 +13,7 @@ use detris::mask_formats::rle_encode;
 use detris_io::data::prepared::{self, RefRecord};
 use serde_json::json;
 
-use common::{detris_ok, detris_unchecked, fresh_temp_dir};
+use common::{detris_ok, detris_unchecked, fresh_temp_dir, synth_eval_args};
 
 /// A synthetic data set (the shipped model's language) and its test split's refs.
 fn synth(dir: &Path) -> (PathBuf, Vec<RefRecord>) {
@@ -130,21 +130,7 @@ fn good_and_bad_lines_ground_truths_and_the_same_ious_as_eval() {
 
     // `detris eval` on the same refs: the same IoU per sentence, and the same summary.
     let json = dir.join("eval.json");
-    detris_ok(&[
-        "eval",
-        "--device",
-        "cpu",
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--split",
-        "test",
-        "--batch-size",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    detris_ok(&synth_eval_args(&data, "test", &json, None, &["--batch-size", "1"]));
     let records = std::fs::read_to_string(dir.join("eval.sentences.jsonl")).unwrap();
     let mut n = 0;
     for line in records.lines() {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    detris_checked, detris_unchecked, fresh_temp_dir, max_abs_diff, sorted_safetensors, synth_data, synth_train_args,
+    detris_checked, detris_unchecked, fresh_temp_dir, max_abs_diff, sorted_safetensors, synth_data, synth_eval_args,
+    synth_train_args,
 };
 use detris::data::DataSource;
 use detris::eval::EvalRequest;
@@ -85,23 +86,7 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
         assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in {}", last.display());
     }
     let json = dir.join("eval.json");
-    detris_checked(&[
-        "eval",
-        "--checkpoint",
-        last.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--split",
-        "val",
-        "--limit",
-        "2",
-        "--threads",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    detris_checked(&synth_eval_args(&data, "val", &json, Some(&last), &["--limit", "2"]));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -152,25 +137,14 @@ fn train_then_eval_writes_checkpoints_metrics_plot_table_and_json() {
 
     let json = dir.join("eval.json");
     let overlays = dir.join("overlays");
-    let out = detris_checked(&[
-        "eval",
-        "--checkpoint",
-        run.join("best.safetensors").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--dataset",
-        "synth",
-        "--split",
+    let best = run.join("best.safetensors");
+    let out = detris_checked(&synth_eval_args(
+        &data,
         "val,test",
-        "--json",
-        json.to_str().unwrap(),
-        "--overlays",
-        overlays.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ]);
+        &json,
+        Some(&best),
+        &["--overlays", overlays.to_str().unwrap()],
+    ));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("mIoU") && table.contains("Pr@90") && table.lines().count() == 3, "{table}");
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

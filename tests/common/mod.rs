@@ -157,6 +157,25 @@ pub fn synth_train_args<'a>(data: &'a std::path::Path, out: &'a std::path::Path,
     args
 }
 
+/// The flags of `detris eval` on [`synth_data`]'s set on the CPU with one thread:
+/// `split` (e.g. `val,test`), the table as JSON in `json`, `checkpoint` (none:
+/// the shipped model), then `extra`.
+pub fn synth_eval_args<'a>(
+    data: &'a std::path::Path,
+    split: &'a str,
+    json: &'a std::path::Path,
+    checkpoint: Option<&'a std::path::Path>,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["eval", "--data", data.to_str().unwrap(), "--dataset", "synth", "--split", split];
+    args.extend(["--json", json.to_str().unwrap(), "--device", "cpu", "--threads", "1"]);
+    if let Some(checkpoint) = checkpoint {
+        args.extend(["--checkpoint", checkpoint.to_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Sets the value of `flag` (present in `args`).
 pub fn set_flag<'a>(mut args: Vec<&'a str>, flag: &str, value: &'a str) -> Vec<&'a str> {
     let i = args.iter().position(|a| *a == flag).unwrap_or_else(|| panic!("{flag} is not in {args:?}"));
