@@ -117,9 +117,10 @@ fn bf16_layernorm_and_softmax_accumulate_in_f32() {
 /// `--precision auto` picks on a CPU with bf16 units) against f32, per
 /// sentence. IoU ≥ 0.98: bf16 moves the logits by ~2e-2 relative (above),
 /// which can flip only pixels whose probability is within a few hundredths
-/// of the threshold, a thin band along the outline (measured 0.994–0.997 on
-/// these three objects of 500–2400 px; a 206-px triangle gave 0.986, where
-/// 3 pixels are 1.5%, too close to the bound to test on other CPUs' kernels).
+/// of the threshold, a thin band along the outline (measured 0.999–1.000 on
+/// these three objects of 570–2030 px, 0.994–0.997 with the model shipped
+/// before; a 206-px triangle gave 0.986, where 3 pixels are 1.5%, too close
+/// to the bound to test on other CPUs' kernels).
 #[test]
 fn shipped_model_masks_in_bf16_match_f32_on_the_example() {
     use detris::segment::Segmenter;
